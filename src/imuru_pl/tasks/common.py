@@ -1,0 +1,34 @@
+"""Pieces every training task shares: seeding, building the Trainer with its callbacks and loggers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    path = Path(cfg.paths.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate every entry of a config group that has a `_target_` (callbacks, loggers)."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def build_trainer(cfg: DictConfig, overrides: dict | None = None, callbacks: list | None = None,
+                  logger: bool = True) -> L.Trainer:
+    """The Trainer of `cfg.trainer`, with `overrides` merged on top, plus the configured callbacks/loggers."""
+    trainer_cfg = OmegaConf.merge(cfg.trainer, overrides or {})
+    loggers = instantiate_group(cfg.get("logger")) if logger else []
+    return instantiate(trainer_cfg, callbacks=instantiate_group(cfg.get("callbacks")) + (callbacks or []),
+                       logger=loggers or False)

@@ -1,0 +1,93 @@
+"""Every experiment composes, its data module and trainer build; the command line prints config and help."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+# Small enough to build in a second; applied to whichever of these keys the experiment's data config has.
+SMALL_DATA = {
+    "fonts": ["fontpkg_caveat", "fontpkg_delius", "fontpkg_kalam", "fontpkg_satisfy"],
+    "writers_per_font": 1,
+    "lines_per_writer": {"train": 2, "val": 2, "test": 2},
+    "num_workers": 0,
+}
+
+
+@pytest.fixture(autouse=True)
+def project_root(monkeypatch):
+    monkeypatch.setenv("IMURU_PL_ROOT", str(ROOT))
+
+
+def compose_experiment(name: str, output_dir: Path, overrides: list[str] = ()):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("run", overrides=[f"experiment={name}", f"paths.output_dir={output_dir}", *overrides])
+
+
+def test_experiments_are_found():
+    assert "demo" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_its_data_and_trainer_build(name, tmp_path):
+    cfg = compose_experiment(name, tmp_path)
+    OmegaConf.resolve(cfg.data)
+    OmegaConf.resolve(cfg.trainer)
+    assert cfg.task_name and cfg.data.batch_size >= 1 and cfg.data.eval_batch_size >= 1
+    with open_dict(cfg):
+        for key, value in SMALL_DATA.items():
+            if key in cfg.data:
+                cfg.data[key] = value
+        if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+            # the config is checked as written apart from the hardware this machine lacks
+            cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision = "cpu", 1, "32"
+    datamodule = instantiate(cfg.data)
+    assert datamodule.writers("train") and datamodule.writers("val") and datamodule.writers("test")
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert str(tmp_path) in str(trainer.default_root_dir)
+
+
+def test_the_data_module_renders_a_batch_from_the_default_config(tmp_path):
+    cfg = compose_experiment("demo", tmp_path)
+    with open_dict(cfg):
+        cfg.data.update(SMALL_DATA)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch.target.shape[:3] == (2, 1, 64)  # train split: 1 family x 1 writer x 2 lines
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("IMURU_PL_ROOT", None)  # run.py sets it itself
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cfg_job_prints_the_composed_config():
+    result = run_cli("--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    assert "_target_: imuru_pl.data.datamodule.LineDataModule" in result.stdout
+    assert "task_name: preview" in result.stdout  # the demo experiment is the default
+
+
+def test_help_prints_the_config_groups():
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    assert "experiment:" in result.stdout and "data:" in result.stdout
