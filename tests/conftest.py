@@ -9,3 +9,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from cli_helpers import TINY_TRAIN, run_cli  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One tiny end-to-end training run through run.py, shared by the tests that need a trained model."""
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    result = run_cli(*TINY_TRAIN, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir

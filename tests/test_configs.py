@@ -19,7 +19,7 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml
 SMALL_DATA = {
     "fonts": ["fontpkg_caveat", "fontpkg_delius", "fontpkg_kalam", "fontpkg_satisfy"],
     "writers_per_font": 1,
-    "lines_per_writer": {"train": 2, "val": 2, "test": 2},
+    "lines_per_writer": {"train": 3, "val": 2, "test": 2},
     "num_workers": 0,
 }
 
@@ -27,6 +27,19 @@ SMALL_DATA = {
 @pytest.fixture(autouse=True)
 def project_root(monkeypatch):
     monkeypatch.setenv("IMURU_PL_ROOT", str(ROOT))
+
+
+def handwriting_folder(root: Path) -> Path:
+    """A small folder dataset in the HWD layout, rendered from synthetic writers (for data=folder)."""
+    from imuru_pl.data.datamodule import LineDataModule
+    from imuru_pl.data.image import tensor_to_image
+    from imuru_pl.metrics.folders import write_folder
+    from imuru_pl.metrics.items import Item
+
+    synthetic = LineDataModule(**SMALL_DATA)
+    items = [Item(w.id, tensor_to_image(synthetic.line(w, i).clean), synthetic.line(w, i).text)
+             for w in synthetic.writers("train") for i in range(3)]
+    return write_folder(root, items)
 
 
 def compose_experiment(name: str, output_dir: Path, overrides: list[str] = ()):
@@ -48,6 +61,8 @@ def test_experiment_composes_and_its_data_and_trainer_build(name, tmp_path):
         for key, value in SMALL_DATA.items():
             if key in cfg.data:
                 cfg.data[key] = value
+        if "root" in cfg.data and not cfg.data.root:
+            cfg.data.root = str(handwriting_folder(tmp_path / "folder"))
         if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
             # the config is checked as written apart from the hardware this machine lacks
             cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision = "cpu", 1, "32"
@@ -64,7 +79,7 @@ def test_the_data_module_renders_a_batch_from_the_default_config(tmp_path):
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
-    assert batch.target.shape[:3] == (2, 1, 64)  # train split: 1 family x 1 writer x 2 lines
+    assert batch.target.shape[:3] == (3, 1, 64)  # train split: 1 family x 1 writer x 3 lines
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -84,7 +99,8 @@ def test_cfg_job_prints_the_composed_config():
     result = run_cli("--cfg", "job")
     assert result.returncode == 0, result.stderr
     assert "_target_: imuru_pl.data.datamodule.LineDataModule" in result.stdout
-    assert "task_name: preview" in result.stdout  # the demo experiment is the default
+    assert "task_name: train" in result.stdout  # the demo experiment (training) is the default
+    assert "latent_cache: true" in result.stdout
 
 
 def test_help_prints_the_config_groups():

@@ -13,6 +13,7 @@ from typing import TypedDict
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 LINE_HEIGHT = 64
 COLUMN_PX = 8  # pixels of width per VAE latent column
@@ -80,3 +81,9 @@ def collate_lines(samples: list[LineSample]) -> LineBatch:
         style_keys=[s["style_key"] for s in samples],
         target_keys=[s["target_key"] for s in samples],
     )
+
+
+def line_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0) -> DataLoader:
+    """The DataLoader every line dataset uses: `LineSample`s collated into `LineBatch`es."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      collate_fn=collate_lines, persistent_workers=num_workers > 0)

@@ -13,7 +13,7 @@ import logging
 import lightning as L
 from torch.utils.data import DataLoader
 
-from imuru_pl.data.batch import collate_lines
+from imuru_pl.data.batch import line_loader
 from imuru_pl.data.pairs import PAIRINGS, LinePairs, Pairing
 from imuru_pl.data.store import LineStore, cached_split
 from imuru_pl.data.synthetic import DEFAULT_FONT_PACKAGES, SPLITS, RenderedLine, SyntheticHandwriting, Writer
@@ -149,11 +149,4 @@ class LineDataModule(L.LightningDataModule):
         return self._loader(self.test_dataset or self.dataset("test"), self.eval_batch_size, shuffle=False)
 
     def _loader(self, dataset: LinePairs, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=collate_lines,
-            persistent_workers=self.num_workers > 0,
-        )
+        return line_loader(dataset, batch_size, shuffle, self.num_workers)

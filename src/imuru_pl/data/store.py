@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imuru_pl.console import progress
 from imuru_pl.data.batch import LINE_HEIGHT
 from imuru_pl.data.synthetic import RenderedLine, SyntheticHandwriting, Writer
 from imuru_pl.errors import UserError
@@ -85,7 +86,8 @@ class LineStore:
 def render_split(data: SyntheticHandwriting, writers: list[Writer], lines_per_writer: int) -> LineStore:
     """Every writer's lines 0..lines_per_writer-1, writer by writer; logs the rendering speed."""
     started = time.perf_counter()
-    lines = [data.line(writer, index) for writer in writers for index in range(lines_per_writer)]
+    keys = [(writer, index) for writer in writers for index in range(lines_per_writer)]
+    lines = [data.line(writer, index) for writer, index in progress(keys, desc="Rendering lines", unit="line")]
     seconds = time.perf_counter() - started
     store = LineStore.from_lines(lines)
     log.info(

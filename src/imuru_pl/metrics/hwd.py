@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from imuru_pl.console import progress
 from imuru_pl.errors import UserError
 from imuru_pl.metrics.images import hwd_input
 from imuru_pl.metrics.items import Item
@@ -24,7 +25,7 @@ def column_features(
     into the receptive field of the real ones.
     """
     out = []
-    for item in items:
+    for item in progress(items, desc="HWD features", unit="line"):
         x = hwd_input(item.image, HWD_HEIGHT).unsqueeze(0).to(device)
         fmap = model(x)  # (1, 512, 1, floor(W/32))
         out.append(fmap[0].flatten(1).T.double().cpu())

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from imuru_pl.console import progress
 from imuru_pl.errors import UserError
 from imuru_pl.metrics.images import resize_to_height, to_rgb
 
@@ -75,7 +76,7 @@ class RapidOcrBackend:
 
     def read(self, images: Sequence[Image.Image]) -> list[str]:
         texts = []
-        for image in images:
+        for image in progress(images, desc="OCR", unit="line"):
             bgr = np.ascontiguousarray(np.asarray(prepare_line(image, self.height))[:, :, ::-1])
             result = self.engine(bgr, use_det=False, use_cls=False, use_rec=True)
             txts = getattr(result, "txts", None)

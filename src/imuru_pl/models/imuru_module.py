@@ -1,0 +1,139 @@
+"""LightningModule for Imuru: optimisation, logging and checkpoints around the plain `Imuru` module.
+
+The frozen VAE is held outside the module's parameters and state dict (it is stored once, beside
+the run, as a diffusers directory), so checkpoints carry only what trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from imuru_pl.data.batch import LineBatch
+from imuru_pl.errors import UserError
+from imuru_pl.models.imuru import Imuru
+from imuru_pl.models.latents import LatentEncoder
+from imuru_pl.models.tokenizer import encode_texts
+from imuru_pl.models.vae import LineVAE
+from imuru_pl.pipeline import write_lines
+
+log = logging.getLogger(__name__)
+
+
+class ImuruModule(L.LightningModule):
+    def __init__(self, model: Imuru, vae: LineVAE, optim: dict, latent_cache: bool = False,
+                 max_nonfinite_steps: int = 20):
+        super().__init__()
+        self.model = model
+        self.optim = dict(optim)
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self._nonfinite_run = 0
+        self._drop_update = False
+        # Plain attribute, not a submodule: frozen, not in the optimiser, not in checkpoints.
+        self.__dict__["vae"] = vae.freeze()
+        self.latents = LatentEncoder(vae, cache=latent_cache)
+
+    # -- device handling for the unregistered VAE -------------------------------------------
+    def _vae_on_device(self) -> LineVAE:
+        if self.vae.padding_latent.device != self.device:
+            self.vae.to(self.device)
+        return self.vae
+
+    # -- one shared step ------------------------------------------------------------------------
+    def _inputs(self, batch: LineBatch) -> dict[str, Tensor]:
+        self._vae_on_device()
+        sample = self.training
+        style, style_mask = self.latents.style(batch.style, batch.style_widths, batch.style_keys, sample)
+        target, counts = self.latents.target(batch.target, batch.target_widths, batch.target_keys, sample)
+        target, target_mask = self.model.pad_target(target, counts)  # + trailing blank columns
+        text_ids, text_mask = encode_texts(batch.texts)
+        return dict(text_ids=text_ids.to(self.device), text_mask=text_mask.to(self.device),
+                    style=style, style_mask=style_mask, target=target, target_mask=target_mask)
+
+    def _step(self, batch: LineBatch, stage: str) -> Tensor:
+        out = self.model(**self._inputs(batch))
+        self.log(f"{stage}/loss", out.loss, batch_size=len(batch), prog_bar=True,
+                 sync_dist=stage != "train", on_step=stage == "train", on_epoch=stage != "train")
+        return out.loss
+
+    def training_step(self, batch: LineBatch, batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train")
+        if self._finite_on_every_rank(loss):
+            self._nonfinite_run = 0
+            return loss
+        # Skipped on every rank alike (the flag is all-reduced): a rank that skipped alone would leave
+        # the others waiting in DDP's gradient all-reduce, or fork the replicas.
+        self._nonfinite_run += 1
+        self._drop_update = True
+        if self.trainer.is_global_zero:
+            log.warning("Non-finite training loss at step %d; skipping this step.", self.global_step)
+        if self._nonfinite_run >= self.max_nonfinite_steps:
+            raise UserError(
+                f"Training stopped at step {self.global_step}: the loss was non-finite for "
+                f"{self._nonfinite_run} steps in a row (lower optim.lr or check the data)."
+            )
+        # A zero that reaches every trainable parameter, so every rank runs the same backward and
+        # all-reduce; the update itself is dropped in on_before_optimizer_step.
+        zero = torch.zeros((), device=self.device)
+        return sum((p.sum() for p in self.model.parameters() if p.requires_grad), zero) * 0.0
+
+    def _finite_on_every_rank(self, loss: Tensor) -> bool:
+        finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(())
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
+        return bool(finite.item() > 0)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self._drop_update:
+            # Without gradients AdamW leaves weights and moments untouched (zero gradients would still
+            # move them through momentum and weight decay). Lightning's global step and the LR schedule
+            # still advance.
+            optimizer.zero_grad(set_to_none=True)
+            self._drop_update = False
+
+    def validation_step(self, batch: LineBatch, batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: LineBatch, batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
+
+    # -- generation for callbacks -----------------------------------------------------------------
+    def generate_batch(self, batch: LineBatch, max_new_columns: int | None = None) -> list[Tensor]:
+        """Generated line images (1, 64, w_i) in [-1, 1], on the CPU, for each (style, text) of a batch."""
+        return write_lines(self.model, self._vae_on_device(), batch.style, batch.style_widths,
+                           batch.texts, max_new_columns)
+
+    # -- optimisation ----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.optim
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(cfg["lr"]),
+                                      weight_decay=float(cfg["weight_decay"]),
+                                      betas=tuple(cfg.get("betas", (0.9, 0.999))), eps=float(cfg.get("eps", 1e-8)))
+        kind = cfg.get("scheduler", "cosine")
+        if kind == "constant":
+            return optimizer
+        if kind == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=float(cfg["plateau_factor"]), patience=int(cfg["plateau_patience"]))
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch",
+                                     "name": "train/lr"}}
+        if kind != "cosine":
+            raise ValueError(f"optim.scheduler must be cosine, plateau or constant, not {kind!r}")
+        warmup = int(cfg.get("warmup_steps", 0))
+        floor = float(cfg.get("min_lr_ratio", 0.0))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}

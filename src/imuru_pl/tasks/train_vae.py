@@ -1,0 +1,218 @@
+"""Train the line VAE, measure its stop constants, save it, and report held-out reconstruction quality.
+
+`ensure_vae` is what the Imuru training task calls: a configured `vae.pretrained` is validated and
+used as is; a complete VAE already in `<output_dir>/vae` is reused (a rerun, or a DDP child process);
+otherwise one is trained there first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from imuru_pl.errors import UserError
+from imuru_pl.models.vae import CONSTANTS_FILE, LineVAE
+from imuru_pl.models.vae_module import ReconstructionGrid, VAEModule, masked_image_errors, start_white
+
+log = logging.getLogger(__name__)
+
+VAE_SUBDIR = "vae"
+METRICS_FILE = "vae_metrics.json"
+SAMPLES_SUBDIR = "vae_samples"
+
+
+def build_vae(cfg: DictConfig) -> LineVAE:
+    """A freshly initialised LineVAE from `cfg.vae.arch` (a diffusers AutoencoderKL config)."""
+    try:
+        autoencoder = instantiate(cfg.vae.arch, _convert_="all")
+    except Exception as err:
+        raise UserError(
+            f"vae.arch does not build a diffusers AutoencoderKL ({type(err).__name__}: {err})."
+        ) from err
+    vae = LineVAE(autoencoder)
+    return start_white(vae) if cfg.vae.train.get("white_init", True) else vae
+
+
+def build_datamodule(cfg: DictConfig):
+    """The configured data module, switched to same-line pairs (style and clean target of one line)."""
+    data_cfg = cfg.data.copy()
+    batch_size = cfg.vae.train.get("batch_size")
+    if batch_size and "batch_size" in data_cfg:
+        with open_dict(data_cfg):
+            data_cfg.batch_size = batch_size
+    return instantiate(data_cfg, pairing="same_line")
+
+
+def build_trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
+    """`cfg.trainer` with `cfg.vae.trainer` merged on top and the step budget of `cfg.vae.train`."""
+    overrides = OmegaConf.to_container(cfg.vae.get("trainer") or {}, resolve=True)
+    trainer_cfg = OmegaConf.merge(cfg.trainer, overrides, {"max_steps": int(cfg.vae.train.max_steps)})
+    loggers = [
+        _stage_logger(entry)
+        for entry in (cfg.get("logger") or {}).values()
+        if isinstance(entry, DictConfig) and "_target_" in entry
+    ]
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+
+
+def _stage_logger(entry: DictConfig):
+    """The run's logger, with TensorBoard writing into a `vae` sub-folder so Imuru's curves stay apart."""
+    if str(entry._target_).endswith("TensorBoardLogger"):
+        return instantiate(entry, sub_dir=VAE_SUBDIR)
+    return instantiate(entry)
+
+
+def build_module(cfg: DictConfig, vae: LineVAE) -> VAEModule:
+    """The LightningModule with the losses and schedule of `cfg.vae.train`."""
+    t = cfg.vae.train
+    return VAEModule(
+        vae,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        betas=tuple(t.betas),
+        warmup_steps=t.warmup_steps,
+        min_lr_ratio=t.min_lr_ratio,
+        kl_weight=t.kl_weight,
+        mse_weight=t.mse_weight,
+        edge_weight=t.edge_weight,
+        crop_width=t.crop_width,
+        clean_fraction=t.clean_fraction,
+        sample_posterior=t.sample_posterior,
+    )
+
+
+def _device(trainer: L.Trainer) -> torch.device:
+    root = trainer.strategy.root_device
+    return root if root.type != "meta" else torch.device("cpu")
+
+
+@torch.no_grad()
+def heldout_reconstruction(vae: LineVAE, dataloader, max_lines: int) -> dict[str, float]:
+    """Mean per-line L1 ([-1, 1]) and PSNR ([0, 1], dB) over true widths, from style and from clean input."""
+    sums = {"l1": 0.0, "psnr": 0.0, "l1_clean": 0.0, "psnr_clean": 0.0}
+    lines = 0
+    device = next(vae.parameters()).device
+    for batch in dataloader:
+        batch = batch.to(device)
+        keep = min(len(batch), max_lines - lines)
+        for suffix, images in (("", batch.style[:keep]), ("_clean", batch.target[:keep])):
+            l1, psnr = masked_image_errors(vae(images), batch.target[:keep], batch.target_widths[:keep])
+            sums[f"l1{suffix}"] += float(l1.sum())
+            sums[f"psnr{suffix}"] += float(psnr.sum())
+        lines += keep
+        if lines >= max_lines:
+            break
+    if lines == 0:
+        raise UserError("The data module's validation split is empty: the VAE cannot be evaluated.")
+    return {**{k: v / lines for k, v in sums.items()}, "lines": lines}
+
+
+def train_vae(cfg: DictConfig, directory: Path) -> dict[str, Any]:
+    """Fit a VAE from config, measure its stop constants on training lines, save it to `directory`."""
+    started = time.time()
+    out = directory.parent
+    vae = build_vae(cfg)
+    datamodule = build_datamodule(cfg)
+    grid = ReconstructionGrid(
+        every_n_steps=int(cfg.vae.train.image_every_n_steps), directory=out / SAMPLES_SUBDIR
+    )
+    trainer = build_trainer(cfg, [grid])
+    module = build_module(cfg, vae)
+    log.info(
+        "Training the line VAE (%.2f M parameters) for %d steps.",
+        sum(p.numel() for p in vae.parameters()) / 1e6,
+        int(cfg.vae.train.max_steps),
+    )
+    fit_started = time.time()
+    trainer.fit(module, datamodule=datamodule)
+    fit_seconds = time.time() - fit_started
+    result: dict[str, Any] = {"vae_dir": str(directory)}
+    if trainer.is_global_zero:
+        result.update(_measure_and_save(cfg, vae, datamodule, trainer, directory))
+        steps = max(1, trainer.global_step)
+        result.update(
+            steps=trainer.global_step,
+            train_minutes=round(fit_seconds / 60, 2),
+            s_per_step=round(fit_seconds / steps, 4),
+            minutes=round((time.time() - started) / 60, 2),
+            parameters=sum(p.numel() for p in vae.parameters()),
+            reconstruction_grid=str(grid.last_path) if grid.last_path else None,
+        )
+        _write_metrics(out / METRICS_FILE, result)
+        _log_to_trainer(trainer, result)
+    trainer.strategy.barrier()
+    return result
+
+
+def _measure_and_save(cfg: DictConfig, vae: LineVAE, datamodule, trainer: L.Trainer, directory: Path) -> dict:
+    t = cfg.vae.train
+    vae.to(_device(trainer)).eval()
+    stop = vae.measure_stop_constants(datamodule.train_dataloader(), max_lines=int(t.stop_lines))
+    heldout_stop = vae.stop_accuracy(datamodule.val_dataloader(), max_lines=int(t.eval_lines))
+    heldout = heldout_reconstruction(vae, datamodule.val_dataloader(), int(t.eval_lines))
+    vae.to("cpu")
+    vae.save_pretrained(directory)
+    log.info(
+        "Held-out reconstruction over %d lines: L1 %.4f, PSNR %.2f dB from style images "
+        "(L1 %.4f, PSNR %.2f dB from clean lines); stop accuracy blank %.1f%% / ink %.1f%%.",
+        heldout["lines"],
+        heldout["l1"],
+        heldout["psnr"],
+        heldout["l1_clean"],
+        heldout["psnr_clean"],
+        100 * heldout_stop["blank_accuracy"],
+        100 * heldout_stop["ink_accuracy"],
+    )
+    log.info("Saved the line VAE to %s", directory)
+    return {"heldout": heldout, "stop": stop.to_dict(), "stop_heldout": heldout_stop}
+
+
+@rank_zero_only
+def _write_metrics(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _log_to_trainer(trainer: L.Trainer, result: dict) -> None:
+    metrics = {f"heldout/{k}": v for k, v in result["heldout"].items() if k != "lines"}
+    metrics["heldout/stop_balanced_accuracy"] = result["stop_heldout"]["balanced_accuracy"]
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+        logger.save()
+
+
+def _complete(directory: Path) -> bool:
+    return (directory / "config.json").is_file() and (directory / CONSTANTS_FILE).is_file()
+
+
+def ensure_vae(cfg: DictConfig, output_dir: Path) -> Path:
+    """A loadable line VAE for the Imuru stage: the configured one, one already trained here, or a new one."""
+    pretrained = cfg.vae.get("pretrained")
+    if pretrained:
+        LineVAE.from_pretrained(pretrained)  # fail early, in one sentence, if it does not load
+        log.info("Using the pretrained line VAE %s", pretrained)
+        return Path(str(pretrained))
+    directory = Path(output_dir) / VAE_SUBDIR
+    if _complete(directory):
+        LineVAE.from_pretrained(directory)
+        log.info("Reusing the line VAE already in %s", directory)
+        return directory
+    train_vae(cfg, directory)
+    return directory
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Task `train_vae`: train, measure and save a line VAE in `<output_dir>/vae`; return its figures."""
+    L.seed_everything(cfg.seed, workers=True)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return train_vae(cfg, out / VAE_SUBDIR)

@@ -1,0 +1,37 @@
+"""Helpers shared by tests that drive the command line: the repo, a tiny training run, run.py in a subprocess."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A training run small enough for CI (about a minute on one thread): tiny VAE, tiny T5, few lines.
+TINY_TRAIN = [
+    "task=train",
+    "data.lines_per_writer={train:8,val:4,test:4}",
+    "data.writers_per_font=3",
+    "data.batch_size=4",
+    "data.eval_batch_size=4",
+    "vae.arch.block_out_channels=[8,8,8,8]",
+    "vae.arch.norm_num_groups=4",
+    "vae.train.max_steps=20",
+    "vae.train.eval_lines=16",
+    "vae.train.stop_lines=32",
+    "trainer.max_steps=12",
+    "trainer.val_check_interval=6",
+    "callbacks.generation_samples.every_n_steps=6",
+    "heldout.num_lines=4",
+    "metrics.ocr.enabled=false",
+    "model.max_new_columns=24",
+    "model.t5.d_model=64",
+    "model.t5.d_ff=128",
+    "model.t5.num_layers=1",
+    "model.t5.num_decoder_layers=1",
+]
+
+
+def run_cli(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python run.py <overrides>` in a subprocess with the test environment (one thread, offline)."""
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *overrides], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
