@@ -18,8 +18,8 @@ Three measurements on the demo's data (`conf/experiment/demo.yaml`, composed as 
 
 The VAE is freshly initialised: its speed does not depend on its weights.
 
-    OMP_NUM_THREADS=1 python benchmarks/data.py                        # demo settings, ~4 minutes
-    OMP_NUM_THREADS=1 python benchmarks/data.py --workers 0 1 --blocks 4
+    OMP_NUM_THREADS=1 python benchmarks/data.py                        # demo settings, ~3 minutes
+    OMP_NUM_THREADS=1 python benchmarks/data.py --workers 0 1       # and one loader worker, ~5 minutes
 
 Prints a table and ends with one JSON line holding every figure.
 """
@@ -36,15 +36,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training import compose_cfg, set_threads  # noqa: E402  (same directory)
+from training import compose_cfg, frozen_vae, set_threads  # the same directory
 
 log = logging.getLogger("benchmarks.data")
 
 
-def timed(fn):
-    """(CPU seconds, wall seconds, result) of one call."""
+def timed(fn, *args):
+    """(CPU seconds, wall seconds, result) of one call of fn(*args)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
+    result = fn(*args)
     return time.process_time() - cpu, time.perf_counter() - wall, result
 
 
@@ -65,10 +65,10 @@ def measure_compose(dataset, batch_size: int, batches: int) -> dict:
     item_cpu, item_wall, collate_cpu, collate_wall = [], [], [], []
     for b in range(batches):
         indices = [(b * batch_size + k) % len(dataset) for k in range(batch_size)]
-        cpu, wall, items = timed(lambda: [dataset[i] for i in indices])  # noqa: B023
+        cpu, wall, items = timed(lambda rows: [dataset[i] for i in rows], indices)
         item_cpu.append(cpu)
         item_wall.append(wall)
-        cpu, wall, _ = timed(lambda: collate_lines(items))  # noqa: B023
+        cpu, wall, _ = timed(collate_lines, items)
         collate_cpu.append(cpu)
         collate_wall.append(wall)
     items_s, collate_s = statistics.median(item_cpu), statistics.median(collate_cpu)
@@ -86,14 +86,9 @@ class DemoTraining:
         import torch
 
         from imuru_pl.tasks.train import build_module
-        from imuru_pl.tasks.train_vae import build_vae
 
         self.torch = torch
-        vae = build_vae(cfg)
-        with torch.no_grad():  # the one constant the latent path reads: a blank column's latent
-            vae.padding_latent = vae.encode_posterior(torch.ones(1, vae.in_channels, 64, 256))[0][0].mean(dim=0)
-        vae.freeze()
-        self.module = build_module(cfg, vae).train()
+        self.module = build_module(cfg, frozen_vae(cfg)).train()
         optim = self.module.optim
         self.optimizer = torch.optim.AdamW(self.module.model.parameters(), lr=float(optim["lr"]),
                                            weight_decay=float(optim["weight_decay"]),
@@ -135,8 +130,8 @@ class DemoTraining:
         iterator = iter(loader)
         rows = []
         for _ in range(steps + 1):
-            wait_cpu, wait_wall, batch = timed(lambda: next(iterator))  # noqa: B023
-            step_cpu, step_wall, _ = timed(lambda: self.step(batch))  # noqa: B023
+            wait_cpu, wait_wall, batch = timed(next, iterator)
+            step_cpu, step_wall, _ = timed(self.step, batch)
             rows.append((wait_cpu, wait_wall, step_cpu, step_wall))
         return {"workers": workers, "warm": warm, "seed": seed, "rows": rows,
                 "cache_misses": len(self.module.latents) - cached}
@@ -177,7 +172,8 @@ def summarise(blocks: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=None,
                         help="data.num_workers settings to compare (default: the demo's)")
     parser.add_argument("--blocks", type=int, default=3, help="timed blocks per worker setting (interleaved)")
@@ -208,7 +204,8 @@ def main() -> None:
     # The VAE stage of the demo reads the same lines as same-line pairs, vae.train.batch_size per step.
     from imuru_pl.data.pairs import LinePairs
 
-    vae_pairs = LinePairs(datamodule.stores["train"], datamodule.writers("train"), "same_line", datamodule.seed)
+    vae_pairs = LinePairs(datamodule.stores["train"], datamodule.writers("train"), "same_line",
+                          datamodule.seed)
     compose_vae = measure_compose(vae_pairs, int(cfg.vae.train.batch_size), args.compose_batches)
 
     training = DemoTraining(cfg, datamodule)
@@ -227,30 +224,35 @@ def main() -> None:
 
     lines = [
         f"demo data: batch {batch_size}, {args.threads} thread(s); CPU = this process's CPU time",
-        f"setup (render train + val): {setup['lines']} lines in {setup['wall_s']:.1f} s wall / "
-        f"{setup['cpu_s']:.1f} s CPU = {setup['lines_per_s_cpu']:.0f} lines/s (CPU), mean width "
-        f"{setup['mean_width_px']:.0f} px",
-        f"compose + collate: {compose['items_ms_per_batch_cpu']:.1f} + {compose['collate_ms_per_batch_cpu']:.1f} ms "
-        f"CPU per batch of {batch_size} = {compose['lines_per_s_cpu']:.0f} lines/s",
-        f"VAE stage (same-line pairs): {compose_vae['batch_ms_cpu']:.1f} ms CPU per batch of "
-        f"{compose_vae['batch_size']} = {compose_vae['lines_per_s_cpu']:.0f} lines/s",
+        (f"setup (render train + val): {setup['lines']} lines in {setup['wall_s']:.1f} s wall / "
+         f"{setup['cpu_s']:.1f} s CPU = {setup['lines_per_s_cpu']:.0f} lines/s (CPU), mean width "
+         f"{setup['mean_width_px']:.0f} px"),
+        (f"compose + collate: {compose['items_ms_per_batch_cpu']:.1f} + "
+         f"{compose['collate_ms_per_batch_cpu']:.1f} ms "
+         f"CPU per batch of {batch_size} = {compose['lines_per_s_cpu']:.0f} lines/s"),
+        (f"VAE stage (same-line pairs): {compose_vae['batch_ms_cpu']:.1f} ms CPU per batch of "
+         f"{compose_vae['batch_size']} = {compose_vae['lines_per_s_cpu']:.0f} lines/s"),
     ]
     header = (f"{'workers':>7} {'cache':>5} {'steps':>5} {'wait share':>10} {'share (med)':>11} "
               f"{'wait ms':>8} {'step s':>7} {'max wait ms':>11} {'1st batch ms':>12} {'misses':>6}")
     lines += ["training steps fed by the demo's train loader (wall clock; wait ms = mean per step)",
               header, "-" * len(header)]
-    results = [(w, "warm", wait[str(w)]) for w in workers] + ([(cold["workers"], "cold", cold)] if cold else [])
+    results = [(w, "warm", wait[str(w)]) for w in workers]
+    if cold:
+        results.append((cold["workers"], "cold", cold))
     for w, kind, r in results:
         lines.append(f"{w:7d} {kind:>5} {r['steps']:5d} {100 * r['wait_share']:9.2f}% "
                      f"{100 * r['wait_share_of_medians']:10.2f}% {1000 * r['mean_wait_wall_s']:8.1f} "
                      f"{r['mean_step_wall_s']:7.3f} {1000 * r['max_wait_wall_s']:11.1f} "
                      f"{1000 * r['first_batch_wait_wall_s']:12.1f} {r['cache_misses']:6d}")
     if worker_memory:
-        lines.append("loader worker processes (train and validation loaders that ran): "
-                     + ", ".join(f"USS {m['uss_mb']:.0f} MB / PSS {m['pss_mb']:.0f} MB" for m in worker_memory))
+        lines.append("loader worker processes alive at the end: "
+                     + ", ".join(f"USS {m['uss_mb']:.0f} MB / PSS {m['pss_mb']:.0f} MB"
+                                 for m in worker_memory))
     print("\n".join(lines))
     print(json.dumps({"device": "cpu", "threads": args.threads, "batch_size": batch_size,
-                      "overrides": overrides, "setup": setup, "compose": compose, "compose_vae_stage": compose_vae,
+                      "overrides": overrides, "setup": setup, "compose": compose,
+                      "compose_vae_stage": compose_vae,
                       "wait": wait, "cold": cold, "worker_memory": worker_memory}))
 
 

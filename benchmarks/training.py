@@ -1,7 +1,8 @@
 """Training-step speed: the latent cache (warm) against re-encoding style and target with the VAE.
 
 One optimiser step of `ImuruModule` = `_inputs` (the latents of a batch: cached posterior + sampling,
-or the frozen VAE's encoder on both images) + the Imuru forward + backward + AdamW. The presets are
+or the frozen VAE's encoder on both images) + the Imuru forward + backward + gradient clipping + AdamW,
+timed apart as "latents" and "T5 part". The presets are
 built from the project's configs (`conf/experiment/demo.yaml` composed with `vae=...` and
 `model/t5=...`), the batches come from the synthetic data module's train loader:
 
@@ -18,7 +19,7 @@ Peak memory is the peak resident set size (VmHWM in /proc/self/status, reset thr
 available) of a fresh process that runs one variant only; `tracemalloc` does not see torch's
 allocations. The cache's own size is the bytes of the tensors it holds.
 
-    OMP_NUM_THREADS=1 python benchmarks/training.py                    # both presets, ~6 minutes
+    OMP_NUM_THREADS=1 python benchmarks/training.py                    # both presets, ~7 minutes
     OMP_NUM_THREADS=1 python benchmarks/training.py --presets tiny --steps 20 --no-memory
     OMP_NUM_THREADS=1 python benchmarks/training.py --presets tiny vae.arch.block_out_channels=[16,32,64,128]
 
@@ -50,8 +51,8 @@ log = logging.getLogger("benchmarks.training")
 
 
 def set_threads(threads: int) -> None:
-    """One thread unless told otherwise; set before torch starts its pools."""
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # inherited by the memory processes
+    """One thread unless told otherwise (also for the memory-probe processes, through the environment)."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
     torch.set_num_threads(threads)
 
@@ -65,25 +66,34 @@ def compose_cfg(overrides: list[str], output_dir: str):
         return compose("run", overrides=[*overrides, f"paths.output_dir={output_dir}"])
 
 
+def frozen_vae(cfg):
+    """A freshly initialised VAE of `cfg.vae.arch`, frozen, with the one constant the latent path reads
+    (the padding latent, here the mean column of a white line)."""
+    from imuru_pl.data.batch import LINE_HEIGHT
+    from imuru_pl.tasks.train_vae import build_vae
+
+    vae = build_vae(cfg)
+    with torch.no_grad():
+        white = torch.ones(1, vae.in_channels, LINE_HEIGHT, 256)
+        vae.padding_latent = vae.encode_posterior(white)[0][0].mean(dim=0)
+    return vae.freeze()
+
+
 class Setup:
     """Everything one preset needs: config, frozen VAE, a module per variant, fixed real batches."""
 
     def __init__(self, preset: str, batch_size: int, lines_per_writer: int, num_batches: int,
-                 variants: tuple[str, ...], output_dir: str, overrides: list[str] = (), seed: int = 0):
+                 variants: tuple[str, ...], output_dir: str, overrides: tuple[str, ...] | list[str] = (),
+                 seed: int = 0):
         from hydra.utils import instantiate
 
         from imuru_pl.tasks.train import build_module
-        from imuru_pl.tasks.train_vae import build_vae
 
         vae_name, t5_name = PRESETS[preset]
         self.cfg = compose_cfg([f"vae={vae_name}", f"model/t5={t5_name}", f"data.batch_size={batch_size}",
                                 f"data.lines_per_writer.train={lines_per_writer}", *overrides], output_dir)
         torch.manual_seed(seed)
-        vae = build_vae(self.cfg)
-        with torch.no_grad():  # the one constant the latent path reads: a blank column's latent
-            white = torch.ones(1, vae.in_channels, 64, 256)
-            vae.padding_latent = vae.encode_posterior(white)[0][0].mean(dim=0)
-        vae.freeze()
+        vae = frozen_vae(self.cfg)
         datamodule = instantiate(self.cfg.data)
         datamodule.setup("fit")
         torch.manual_seed(seed)  # fixes the shuffled order
@@ -93,8 +103,7 @@ class Setup:
         base = instantiate(self.cfg.model, _convert_="all")
         self.modules, self.optimizers = {}, {}
         for variant in variants:
-            with_cache = variant == "cache"
-            self.cfg.data.latent_cache = with_cache
+            self.cfg.data.latent_cache = variant == "cache"
             module = build_module(self.cfg, vae, copy.deepcopy(base)).train()
             optim = module.optim
             self.optimizers[variant] = torch.optim.AdamW(
@@ -209,22 +218,25 @@ def time_preset(args, preset: str, steps: int) -> dict:
         row = {"preset": preset, "batch_size": args.batch_size, "steps": steps,
                "t5_parameters": setup.t5_parameters, "vae_parameters": setup.vae_parameters,
                "cache_mb": setup.cache_bytes() / 2**20, "cached_images": len(setup.modules["cache"].latents),
-               "mean_target_px": float(sum(int(b.target.shape[-1]) for b in setup.batches) / len(setup.batches))}
+               "mean_target_px": statistics.mean(int(b.target.shape[-1]) for b in setup.batches)}
     for variant in VARIANTS:
         cpu = statistics.median(r[0] for r in runs[variant])
         wall = statistics.median(r[1] for r in runs[variant])
         latents = statistics.median(r[2] for r in runs[variant])
         row[variant] = {"cpu_s": cpu, "wall_s": wall, "latents_cpu_s": latents,
                         "t5_cpu_s": statistics.median(r[0] - r[2] for r in runs[variant]),
-                        "samples_per_s_cpu": args.batch_size / cpu, "samples_per_s_wall": args.batch_size / wall,
-                        "cpu_s_all": [r[0] for r in runs[variant]], "wall_s_all": [r[1] for r in runs[variant]]}
+                        "samples_per_s_cpu": args.batch_size / cpu,
+                        "samples_per_s_wall": args.batch_size / wall,
+                        "cpu_s_all": [r[0] for r in runs[variant]],
+                        "wall_s_all": [r[1] for r in runs[variant]]}
     row["speedup_cpu"] = row["encode"]["cpu_s"] / row["cache"]["cpu_s"]
     row["speedup_wall"] = row["encode"]["wall_s"] / row["cache"]["wall_s"]
     return row
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--batch-size", type=int, default=32, help="lines per step (the demo's 32)")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per variant, tiny preset")
@@ -237,7 +249,8 @@ def main() -> None:
     parser.add_argument("--probe-steps", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # PRESET:VARIANT, internal
     parser.add_argument("overrides", nargs="*",
-                        help="extra Hydra overrides for every preset, e.g. vae.arch.block_out_channels=[16,32,64,128]")
+                        help="extra Hydra overrides for every preset, "
+                             "e.g. vae.arch.block_out_channels=[16,32,64,128]")
     args = parser.parse_args()
     set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -256,12 +269,12 @@ def main() -> None:
                 log.info("%s %s: peak RSS %.0f MB", preset, variant, row[variant]["memory"]["peak_rss_mb"])
         rows.append(row)
 
-    header = (f"{'preset':<6} {'variant':<7} {'step cpu s':>10} {'latents s':>9} {'T5 s':>6} {'step wall s':>11} "
-              f"{'samples/s':>9} "
+    header = (f"{'preset':<6} {'variant':<7} {'step cpu s':>10} {'latents s':>9} {'T5 s':>6} "
+              f"{'step wall s':>11} {'samples/s':>9} "
               f"{'peak RSS MB':>11} {'step rise MB':>12} {'x cpu':>6} {'x wall':>6}")
-    lines = [f"batch {args.batch_size}, {args.threads} thread(s), medians of interleaved steps; CPU seconds unless "
-             "marked wall; latents = ImuruModule._inputs, T5 = forward + backward + clip + AdamW; cache = warm "
-             "latent cache, encode = VAE encoder on style and target every step",
+    lines = [(f"batch {args.batch_size}, {args.threads} thread(s), medians of interleaved steps; CPU seconds "
+              "unless marked wall; latents = ImuruModule._inputs, T5 = forward + backward + clip + AdamW; "
+              "cache = warm latent cache, encode = VAE encoder on style and target every step"),
              header, "-" * len(header)]
     for row in rows:
         for variant in VARIANTS:
@@ -275,13 +288,15 @@ def main() -> None:
                          f"{r['t5_cpu_s']:6.3f} {r['wall_s']:11.3f} "
                          f"{r['samples_per_s_cpu']:9.1f} {peak} {rise} {speed}")
     for row in rows:
-        lines.append(f"{row['preset']}: T5 {row['t5_parameters'] / 1e6:.1f} M, VAE {row['vae_parameters'] / 1e6:.2f} M "
+        lines.append(f"{row['preset']}: T5 {row['t5_parameters'] / 1e6:.1f} M, "
+                     f"VAE {row['vae_parameters'] / 1e6:.2f} M "
                      f"parameters; cache holds {row['cached_images']} images in {row['cache_mb']:.2f} MB "
                      f"({1024 * row['cache_mb'] / max(1, row['cached_images']):.1f} KB each); "
                      f"padded target width {row['mean_target_px']:.0f} px")
     print("\n".join(lines))
     print(json.dumps({"device": "cpu", "threads": args.threads, "clock": "process_time and perf_counter",
-                      "batch_size": args.batch_size, "overrides": args.overrides, "memory": "peak RSS (VmHWM, reset before the steps)",
+                      "batch_size": args.batch_size, "overrides": args.overrides,
+                      "memory": "peak RSS (VmHWM, reset before the steps)",
                       "rows": rows}))
 
 
