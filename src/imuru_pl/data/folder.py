@@ -26,7 +26,7 @@ from imuru_pl.data.real import (
 )
 from imuru_pl.data.synthetic import stable_seed
 from imuru_pl.errors import UserError
-from imuru_pl.metrics.folders import IMAGE_SUFFIXES, TRANSCRIPTIONS, _read_transcriptions
+from imuru_pl.metrics.folders import IMAGE_SUFFIXES, TRANSCRIPTIONS, read_transcriptions
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class FolderDataModule(RealLineDataModule):
         self.holdout_fraction = float(holdout_fraction)
 
     def read_index(self, skipped: SkipCounter) -> list[LineRecord]:
-        transcriptions = _read_transcriptions(self.root)
+        transcriptions = read_transcriptions(self.root)
         records = []
         for rel, text in sorted(transcriptions.items()):
             parts = rel.split("/")

@@ -74,7 +74,7 @@ def write_folder(root: str | os.PathLike, items: Iterable[Item]) -> Path:
     return root
 
 
-def _read_transcriptions(root: Path) -> dict[str, str]:
+def read_transcriptions(root: Path) -> dict[str, str]:
     path = root / TRANSCRIPTIONS
     if not path.is_file():
         raise UserError(
@@ -101,7 +101,7 @@ def read_folder(root: str | os.PathLike) -> list[Item]:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"The evaluation folder {root} does not exist or is not a folder.")
-    transcriptions = _read_transcriptions(root)
+    transcriptions = read_transcriptions(root)
     images = sorted(
         p
         for d in root.iterdir()
