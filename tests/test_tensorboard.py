@@ -30,7 +30,7 @@ TINY_TRAIN = [
     "heldout.num_lines=4",
     "model.max_new_columns=16",
 ]
-STAGES = ("train/", "val/", "eval/")
+STAGES = ("train/", "val/", "eval/", "curve/")
 
 
 def _env() -> dict[str, str]:

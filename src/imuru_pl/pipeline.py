@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,26 +32,40 @@ VAE_SUBDIR = "vae"
 PX_PER_CHAR_BUDGET = 24
 
 
-@torch.inference_mode()
+@dataclass
+class WrittenLines:
+    images: list[Tensor]  # (1, 64, w_i) in [-1, 1], on the CPU
+    lengths: Tensor  # (B,) latent columns of each line (w_i = 8 * length; an empty line is 1 blank column)
+    stopped: Tensor  # (B,) bool: the line ended by itself, not at the column cap
+
+
 def write_lines(model: Imuru, vae: LineVAE, style: Tensor, style_widths: Tensor, texts: list[str],
                 max_new_columns: int | None = None) -> list[Tensor]:
     """Padded style images (B, C, 64, W) + widths + B texts -> B line images (1, 64, w_i) on the CPU.
 
     Style latents are the posterior means (deterministic for a given image); generation stops per
-    line on the VAE's padding latent and trailing blank columns are cropped.
+    line on the VAE's padding latent (or the model's stop head) and trailing blank columns are cropped.
     """
+    return write_lines_detailed(model, vae, style, style_widths, texts, max_new_columns).images
+
+
+@torch.inference_mode()
+def write_lines_detailed(model: Imuru, vae: LineVAE, style: Tensor, style_widths: Tensor, texts: list[str],
+                         max_new_columns: int | None = None) -> WrittenLines:
+    """`write_lines` plus each line's length and whether it stopped by itself (for evaluation)."""
     device = next(model.parameters()).device
     vae.to(device)
     style_cols, style_mask = LatentEncoder(vae).style(style.to(device), style_widths.to(device), sample=False)
     text_ids, text_mask = encode_texts(texts)
-    columns, lengths = model.generate(
+    columns, lengths, stopped = model.generate(
         text_ids.to(device), text_mask.to(device), style_cols, style_mask,
-        max_new_columns=max_new_columns or model.max_new_columns,
+        max_new_columns=max_new_columns or model.max_new_columns, return_stopped=True,
     )
     decoded = vae.decode(columns).cpu() if columns.shape[1] else None
     blank = torch.ones(1, 64, COLUMN_PX)  # a line with nothing written is one blank column
-    return [blank if decoded is None or n == 0 else decoded[i, :, :, : COLUMN_PX * n]
-            for i, n in enumerate(lengths.tolist())]
+    images = [blank if decoded is None or n == 0 else decoded[i, :, :, : COLUMN_PX * n]
+              for i, n in enumerate(lengths.tolist())]
+    return WrittenLines(images, lengths.cpu(), stopped.cpu())
 
 
 class ImuruPipeline:

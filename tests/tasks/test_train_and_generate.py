@@ -1,5 +1,6 @@
 """End to end through run.py: train a tiny model, export it, write lines for every outside style image."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -27,6 +28,20 @@ def test_training_run_writes_model_logs_and_heldout_lines(tiny_run: Path):
     # Checkpoints hold only what trains: the frozen VAE is stored once, in model/vae.
     state = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["state_dict"] and not any(k.startswith("vae.") for k in state["state_dict"])
+
+
+def test_training_logs_the_legibility_curve(tiny_run: Path):
+    """Every 6 steps and at the end: stop rate and width error of fixed held-out lines (OCR is off here)."""
+    with (tiny_run / "learning_curve.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [6, 12]
+    minutes = [float(r["minutes"]) for r in rows]
+    assert 0 <= minutes[0] < minutes[1]
+    for row in rows:
+        assert 0.0 <= float(row["stop_rate"]) <= 1.0 and float(row["width_error"]) >= 0.0
+        assert row["cer_heldout"] == "", "no CER without OCR"
+    report = json.loads((tiny_run / "heldout" / "evaluation.json").read_text())["generated"]
+    assert 0.0 <= report["stop_rate"] <= 1.0 and 0.0 <= report["width_within_15"] <= 1.0
 
 
 @pytest.mark.parametrize("style", SAMPLES, ids=[p.name for p in SAMPLES])

@@ -3,8 +3,9 @@ its final metrics in the HParams view, so the runs of a sweep line up in one tab
 
 Tags, grouped by stage: `train/*` (loss, lr), `val/*` (loss, `val/samples` images), `eval/*` (held-out
 writers after training: `eval/hwd`, `eval/cer_fake`, ..., and the wrong-writer baseline under
-`eval/wrong_writer/*`), and `val/best_loss` (the exported weights' validation loss). The VAE stage writes
-its own run in the `vae/` sub-folder.
+`eval/wrong_writer/*`), `curve/*` (the legibility curve during training: OCR CER, stop rate and width error
+every N steps, callbacks/legibility.py) and `val/best_loss` (the exported weights' validation loss). The VAE
+stage writes its own run in the `vae/` sub-folder.
 
 The callback writes the config at the start of `fit`; the HParams entry is written once, by
 `log_final_metrics`, after the held-out evaluation that follows `fit` (the train task calls it).
@@ -57,7 +58,7 @@ HPARAM_CHOICES = ("experiment", "data", "model/t5", "vae")
 TEXT_KEYS = {"precision", "devices", "init_from"}
 # The metrics in the HParams table (the other eval/* scalars are logged beside them).
 HPARAM_METRICS = ("val/best_loss", "eval/hwd", "eval/fid", "eval/cer_fake", "eval/delta_cer",
-                  "eval/wrong_writer/hwd")
+                  "eval/stop_rate", "eval/width_error", "eval/wrong_writer/hwd")
 EVALUATION_FILE = "evaluation.json"
 
 

@@ -36,6 +36,11 @@ class LinePairs(Dataset):
     def __len__(self) -> int:
         return len(self.store)
 
+    @property
+    def texts(self) -> list[str]:
+        """The target text of every item, in order."""
+        return self.store.texts
+
     def __getitem__(self, i: int) -> LineSample:
         store, j = self.store, int(self.partners[i])
         writer = self.writers[store.writer_ids[i]]

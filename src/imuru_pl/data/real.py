@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from imuru_pl.data.batch import LINE_HEIGHT, LineSample, line_loader
+from imuru_pl.data.curriculum import check_curriculum, check_single_process, curriculum_loader
 from imuru_pl.data.image import MIN_SOURCE_HEIGHT, load_line
 from imuru_pl.data.pairs import PAIRINGS, Pairing, style_partners
 from imuru_pl.data.synthetic import SPLITS, stable_seed
@@ -183,6 +184,11 @@ class RealPairs(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
+    @property
+    def texts(self) -> list[str]:
+        """The target text of every item, in order."""
+        return [self.pool.records[row].text for row in self.targets]
+
     def record(self, i: int) -> LineRecord:
         return self.pool.records[self.targets[i]]
 
@@ -233,6 +239,7 @@ class RealLineDataModule(L.LightningDataModule):
         eval_batch_size: int = 8,
         num_workers: int = 0,
         latent_cache: bool = False,
+        curriculum: dict | None = None,
     ):
         super().__init__()
         if not root:
@@ -255,6 +262,7 @@ class RealLineDataModule(L.LightningDataModule):
         self.max_width = None if max_width is None else int(max_width)
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.num_workers, self.latent_cache = int(num_workers), bool(latent_cache)
+        self.curriculum = check_curriculum(curriculum)
         self._datasets: dict[str, RealPairs] | None = None
         self.train_dataset: RealPairs | None = None
         self.val_dataset: RealPairs | None = None
@@ -373,7 +381,15 @@ class RealLineDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["train"], self.batch_size, shuffle=True)
+        dataset = self.datasets["train"]
+        if self.curriculum["steps"] > 0:  # short texts first (data.curriculum)
+            check_single_process(self.trainer)
+            return curriculum_loader(dataset, self.batch_size, self.curriculum, self._global_step, self.seed,
+                                     self.num_workers)
+        return self._loader(dataset, self.batch_size, shuffle=True)
+
+    def _global_step(self) -> int:
+        return int(self.trainer.global_step) if self.trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["val"], self.eval_batch_size, shuffle=False)

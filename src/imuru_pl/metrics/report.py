@@ -21,6 +21,9 @@ ROWS = (
     ("cer_fake_nocase", "CER generated, any case", "{:.4f}"),
     ("cer_real_nocase", "CER real, any case", "{:.4f}"),
     ("delta_cer_nocase", "delta-CER, any case", "{:+.4f}"),
+    ("stop_rate", "lines that stopped by themselves", "{:.3f}"),  # generated lines of a trained model only
+    ("width_error", "width error |w - w_real| / w_real", "{:.3f}"),
+    ("width_within_15", "lines within 15 % of the real width", "{:.3f}"),
 )
 NOTES = (("backbone", "HWD backbone"), ("fid_features", "FID/KID features"), ("ocr", "OCR"))
 

@@ -1,7 +1,8 @@
 """The pieces of autoregressive generation that do not depend on what the model is trained for.
 
 - `StopRule` / `StopTracker`: per-sample stopping on the padding latent (a blank column) with a
-  rolling window, plus the bookkeeping that crops trailing blank columns.
+  rolling window, or on a stop head's end-of-line flag, plus the bookkeeping that crops trailing
+  blank columns.
 - `CachedDecoder`: one latent column per step through a transformers T5 decoder stack. The prefix
   goes through the stock decoder once, filling a transformers `EncoderDecoderCache`; its keys and
   values then seed preallocated buffers, and every later step runs a lean single-token pass over
@@ -54,8 +55,10 @@ class StopRule:
 class StopTracker:
     """Writes generated columns into a preallocated buffer and decides, per sample, when to stop.
 
-    Rows of finished samples are never written again. The work per step does not grow with the
-    number of generated columns: the stop check reads a ring buffer of the last `window` blank flags.
+    Two signals end a sample, whichever comes first: the `rule` (padding-latent similarity over a window)
+    and `ended`, an end-of-line flag per column from a model's stop head; the flagged column is not written.
+    Rows of finished samples are never written again. The work per step does not grow with the number of
+    generated columns: the stop check reads a ring buffer of the last `window` blank flags.
     """
 
     def __init__(self, batch: int, max_columns: int, channels: int, rule: StopRule | None, like: Tensor):
@@ -65,17 +68,22 @@ class StopTracker:
         self.columns = fill.to(like).expand(batch, max_columns, channels).clone()
         self.active = torch.ones(batch, dtype=torch.bool, device=like.device)
         self.last_ink = torch.full((batch,), -1, dtype=torch.long, device=like.device)
+        self.ended_at = torch.full((batch,), max_columns, dtype=torch.long, device=like.device)
         self.steps = 0
         if rule is not None:
             self.recent_blank = torch.zeros(batch, rule.window, dtype=torch.bool, device=like.device)
 
-    def update(self, column: Tensor) -> None:
-        """Record the raw column (B, C) generated at the current step."""
+    def update(self, column: Tensor, ended: Tensor | None = None) -> None:
+        """Record the raw column (B, C) generated at the current step; `ended` (B,) bool: past the line's end."""
         step = self.steps
-        self.columns[:, step] = torch.where(self.active.unsqueeze(-1), column, self.columns[:, step])
+        writing = self.active if ended is None else self.active & ~ended
+        if ended is not None:
+            self.ended_at = torch.where(self.active & ended, step, self.ended_at)
+        self.columns[:, step] = torch.where(writing.unsqueeze(-1), column, self.columns[:, step])
+        self.active = writing
         if self.rule is not None:
             blank = self.rule.is_blank(column)
-            self.last_ink = torch.where(self.active & ~blank, step, self.last_ink)
+            self.last_ink = torch.where(writing & ~blank, step, self.last_ink)
             self.recent_blank[:, step % self.rule.window] = blank
             done = self.recent_blank.sum(1) >= self.rule.min_hits
             self.active = self.active & ~done
@@ -84,10 +92,14 @@ class StopTracker:
     def all_done(self) -> bool:
         return self.steps >= self.max_columns or not bool(self.active.any())
 
+    def stopped(self) -> Tensor:
+        """(B,) bool: the samples that ended by themselves before the column cap."""
+        return ~self.active
+
     def result(self) -> tuple[Tensor, Tensor]:
         """Columns (B, n, C) cropped after each sample's last non-blank column, and lengths (B,)."""
         if self.rule is None:
-            lengths = torch.full_like(self.last_ink, self.steps)
+            lengths = self.ended_at.clamp_max(self.steps)
             return self.columns[:, : self.steps], lengths
         lengths = self.last_ink + 1
         width = int(lengths.max())

@@ -20,7 +20,7 @@ import math
 import os
 from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Stack
 
 from imuru_pl.errors import UserError
+from imuru_pl.models.alignment import ctc_loss, guided_attention_loss, stop_loss
 from imuru_pl.models.generation import CachedDecoder, StopRule, StopTracker
 from imuru_pl.models.style_encoders import STYLE_ENCODERS, build_style_encoder
 from imuru_pl.models.tokenizer import VOCAB_SIZE
@@ -60,12 +61,24 @@ T5_DEFAULTS: dict[str, Any] = {
 }
 
 StopArg = StopRule | Literal["model"] | None
+MAX_POSITIONS = 4096  # letters or decoder steps covered by `position_embeddings`
+
+
+def sinusoids(length: int, channels: int) -> Tensor:
+    """(length, channels) sine/cosine position table of "Attention is all you need"."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    rates = torch.exp(-math.log(10000.0) * torch.arange(0, channels, 2, dtype=torch.float32) / channels)
+    table = torch.zeros(length, channels)
+    table[:, 0::2] = torch.sin(position * rates)
+    table[:, 1::2] = torch.cos(position * rates[: channels // 2])
+    return table
 
 
 @dataclass
 class ImuruOutput:
-    loss: Tensor  # scalar, masked MSE in normalised latent space
+    loss: Tensor  # scalar: masked MSE in normalised latent space + the weighted auxiliary losses
     prediction: Tensor  # (B, n, 8) raw VAE latents predicted for each target position (teacher forcing)
+    losses: dict[str, Tensor] = field(default_factory=dict)  # each term unweighted: mse, guided_attention, ...
 
 
 def t5_settings(t5: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -80,8 +93,10 @@ def t5_settings(t5: Mapping[str, Any] | None) -> dict[str, Any]:
     return settings
 
 
-def _stack_config(settings: Mapping[str, Any], decoder: bool) -> T5Config:
+def _stack_config(settings: Mapping[str, Any], decoder: bool, eager: bool = False) -> T5Config:
     config = T5Config(**settings, is_encoder_decoder=False, use_cache=decoder, is_decoder=decoder)
+    if eager:  # the eager implementation returns attention weights (guided attention reads them)
+        config._attn_implementation = "eager"
     if decoder:
         config.num_layers = settings["num_decoder_layers"]
     return config
@@ -104,6 +119,14 @@ class Imuru(nn.Module):
         latent_mean: float | list[float] | Tensor | None = None,
         latent_std: float | list[float] | Tensor | None = None,
         padding_latent: list[float] | Tensor | None = None,
+        reduction_factor: int = 1,
+        guided_attention_weight: float = 0.0,
+        guided_attention_sigma: float = 0.2,
+        stop_head: bool = False,
+        stop_loss_weight: float = 1.0,
+        stop_head_threshold: float = 0.5,
+        ctc_weight: float = 0.0,
+        position_embeddings: bool = False,
     ):
         super().__init__()
         if str(style_enc).lower() not in STYLE_ENCODERS:
@@ -119,6 +142,17 @@ class Imuru(nn.Module):
             raise UserError(
                 f"stop_min_hits must be between 1 and stop_window ({stop_window}), got {stop_min_hits}."
             )
+        if int(reduction_factor) < 1:
+            raise UserError(f"reduction_factor (latent columns per decoder step) must be at least 1, "
+                            f"got {reduction_factor}.")
+        for name, value in (("guided_attention_weight", guided_attention_weight),
+                            ("stop_loss_weight", stop_loss_weight), ("ctc_weight", ctc_weight)):
+            if value < 0:
+                raise UserError(f"{name} is a loss weight and cannot be negative, got {value}.")
+        if guided_attention_sigma <= 0:
+            raise UserError(f"guided_attention_sigma must be positive, got {guided_attention_sigma}.")
+        if not 0.0 < stop_head_threshold < 1.0:
+            raise UserError(f"stop_head_threshold is a probability in (0, 1), got {stop_head_threshold}.")
         self.t5_settings = t5_settings(t5)
         self.style_enc = str(style_enc).lower()
         self.label_noise = float(label_noise)
@@ -127,18 +161,39 @@ class Imuru(nn.Module):
         self.max_new_columns = int(max_new_columns)
         self.stop_window = int(stop_window)
         self.stop_min_hits = int(stop_min_hits)
+        self.reduction_factor = int(reduction_factor)
+        self.guided_attention_weight = float(guided_attention_weight)
+        self.guided_attention_sigma = float(guided_attention_sigma)
+        self.stop_head = bool(stop_head)
+        self.stop_loss_weight = float(stop_loss_weight)
+        self.stop_head_threshold = float(stop_head_threshold)
+        self.ctc_weight = float(ctc_weight)
+        self.position_embeddings = bool(position_embeddings)
 
         d_model = self.t5_settings["d_model"]
+        r = self.reduction_factor
         self.encoder = T5Stack(_stack_config(self.t5_settings, decoder=False))
-        self.decoder = T5Stack(_stack_config(self.t5_settings, decoder=True))
+        self.decoder = T5Stack(
+            _stack_config(self.t5_settings, decoder=True, eager=self.guided_attention_weight > 0)
+        )
         # The decoder reads latent columns, never token ids: drop its embedding table (it would get
         # no gradient and break DDP). The encoder's table starts like T5's shared embedding (std 1).
         self.decoder.embed_tokens = None
         nn.init.normal_(self.encoder.embed_tokens.weight, std=1.0)
         self.style_encoder = build_style_encoder(self.style_enc, LATENT_CHANNELS)
-        self.vae_to_t5 = nn.Linear(LATENT_CHANNELS, d_model)
-        self.t5_to_vae = nn.Linear(d_model, LATENT_CHANNELS, bias=False)
+        self.vae_to_t5 = nn.Linear(LATENT_CHANNELS, d_model)  # style columns (and written ones when r = 1)
+        if r > 1:  # one decoder step reads and writes r columns at once
+            self.columns_to_t5 = nn.Linear(r * LATENT_CHANNELS, d_model)
+        self.t5_to_vae = nn.Linear(d_model, r * LATENT_CHANNELS, bias=False)
         self.sos = nn.Embedding(1, d_model)
+        if self.stop_head:  # end-of-line logit of each written column
+            self.stop_proj = nn.Linear(d_model, r)
+        if self.ctc_weight > 0:  # character logits of each written column (training only)
+            self.ctc_proj = nn.Linear(d_model, r * VOCAB_SIZE)
+        if self.position_embeddings:  # absolute positions of letters and of decoder steps (scaled sinusoids)
+            self.text_position_scale = nn.Parameter(torch.ones(()))
+            self.column_position_scale = nn.Parameter(torch.ones(()))
+            self.register_buffer("position_table", sinusoids(MAX_POSITIONS, d_model), persistent=False)
 
         # The VAE's numbers travel with the weights (state_dict, checkpoints). An all-zero padding
         # latent and a NaN threshold mean "not known yet".
@@ -229,7 +284,10 @@ class Imuru(nn.Module):
 
     def pad_target(self, target: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Extend targets with padding-latent columns so every sample has its trailing blanks; + mask."""
+        r = self.reduction_factor
         need = int(lengths.max()) + self.trailing_blank_columns
+        need = max(need, target.shape[1])
+        need = -(-need // r) * r  # whole decoder steps of r columns
         if need > target.shape[1]:
             if not self.has_padding_latent:
                 raise UserError("pad_target needs the VAE's padding_latent; call set_latent_stats first.")
@@ -246,31 +304,90 @@ class Imuru(nn.Module):
         target: Tensor,
         target_mask: Tensor,
     ) -> ImuruOutput:
-        """Teacher-forced prediction of every target column and its masked MSE (normalised space)."""
+        """Teacher-forced prediction of every target column, its masked MSE (normalised space) and the
+        enabled auxiliary losses. `target_mask` is `target_mask(lengths, n)`: true columns + trailing blanks."""
+        r = self.reduction_factor
+        batch, width, channels = target.shape
+        if width % r:
+            raise UserError(f"The target has {width} columns, not a multiple of reduction_factor {r}; "
+                            "extend it with pad_target.")
         encoded = self.encode_text(text_ids, text_mask)
         prefix, prefix_mask = self.style_prefix(style, style_mask)
         clean = self.normalise(target)
-        shifted = clean[:, :-1]
+        shifted = clean.reshape(batch, width // r, r * channels)[:, :-1]
         if self.training and self.label_noise > 0:
             shifted = shifted + torch.randn_like(shifted) * self.label_noise
-        batch = target.shape[0]
-        embeds = torch.cat([prefix, self._sos(batch), self.vae_to_t5(shifted)], dim=1)
-        mask = torch.cat([prefix_mask, prefix_mask.new_ones(batch, target.shape[1])], dim=1)
-        hidden = self.decoder(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            encoder_hidden_states=encoded,
-            encoder_attention_mask=text_mask.bool(),
-            use_cache=False,
-        ).last_hidden_state
-        predicted = self.t5_to_vae(hidden[:, prefix.shape[1] :])
+        embeds = torch.cat([prefix, self._sos(batch), self.embed_columns(shifted)], dim=1)
+        mask = torch.cat([prefix_mask, prefix_mask.new_ones(batch, width // r)], dim=1)
+        guided = self.training and self.guided_attention_weight > 0
+        with self._cross_attention_weights(guided) as cross_attentions:
+            hidden = self.decoder(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                encoder_hidden_states=encoded,
+                encoder_attention_mask=text_mask.bool(),
+                use_cache=False,
+            ).last_hidden_state[:, prefix.shape[1] :]  # (B, steps, d)
+        predicted = self.t5_to_vae(hidden).reshape(batch, width, channels)
         weights = target_mask.to(predicted.dtype)
         squared = (predicted - clean).pow(2).mean(-1)
-        loss = (squared * weights).sum() / weights.sum().clamp_min(1.0)
-        return ImuruOutput(loss=loss, prediction=self.denormalise(predicted))
+        losses = {"mse": (squared * weights).sum() / weights.sum().clamp_min(1.0)}
+        loss = losses["mse"]
+        lengths = (target_mask.sum(1) - self.trailing_blank_columns).clamp_min(0)  # true columns
+        if guided:
+            steps = torch.div(lengths + r - 1, r, rounding_mode="floor")
+            losses["guided_attention"] = guided_attention_loss(
+                cross_attentions, prefix.shape[1], steps, text_mask, self.guided_attention_sigma
+            )
+            loss = loss + self.guided_attention_weight * losses["guided_attention"]
+        if self.stop_head:
+            losses["stop"] = stop_loss(self.stop_proj(hidden).reshape(batch, width), lengths, target_mask)
+            loss = loss + self.stop_loss_weight * losses["stop"]
+        if self.ctc_weight > 0:
+            logits = self.ctc_proj(hidden).reshape(batch, width, VOCAB_SIZE)
+            losses["ctc"] = ctc_loss(logits, lengths, text_ids)
+            loss = loss + self.ctc_weight * losses["ctc"]
+        return ImuruOutput(loss=loss, prediction=self.denormalise(predicted), losses=losses)
+
+    @contextmanager
+    def _cross_attention_weights(self, enabled: bool):
+        """Collect each decoder layer's cross-attention probabilities (B, H, T, S) during one forward.
+
+        Hooks live only inside the `with` block (a model with hooks attached could not be pickled, which
+        spawned DDP processes need); the eager attention the decoder is built with returns the weights."""
+        weights: list[Tensor] = []
+        if not enabled:
+            yield weights
+            return
+        handles = [block.layer[1].EncDecAttention.register_forward_hook(
+            lambda module, args, output: weights.append(output[2])) for block in self.decoder.block]
+        try:
+            yield weights
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def embed_columns(self, groups: Tensor, start: int = 1) -> Tensor:
+        """Written columns as decoder inputs: (B, steps, r * 8) normalised -> (B, steps, d).
+
+        `start` is the decoder position of the first group counted from SOS (position 0): it matters only
+        with `position_embeddings`."""
+        embeds = (self.columns_to_t5 if self.reduction_factor > 1 else self.vae_to_t5)(groups)
+        if self.position_embeddings:
+            embeds = embeds + self.column_position_scale * self._positions(start, groups.shape[1]).to(embeds)
+        return embeds
 
     def encode_text(self, text_ids: Tensor, text_mask: Tensor) -> Tensor:
-        return self.encoder(input_ids=text_ids, attention_mask=text_mask.bool()).last_hidden_state
+        embeds = self.encoder.embed_tokens(text_ids)
+        if self.position_embeddings:
+            embeds = embeds + self.text_position_scale * self._positions(0, text_ids.shape[1]).to(embeds)
+        return self.encoder(inputs_embeds=embeds, attention_mask=text_mask.bool()).last_hidden_state
+
+    def _positions(self, start: int, length: int) -> Tensor:
+        if start + length > MAX_POSITIONS:
+            raise UserError(f"position_embeddings cover {MAX_POSITIONS} positions; this input needs "
+                            f"{start + length} (a shorter text or fewer columns).")
+        return self.position_table[start : start + length]
 
     def style_prefix(self, style: Tensor, style_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Raw style latents (B, m, 8) + mask -> decoder prefix embeddings (B, p, d) + mask (B, p)."""
@@ -281,7 +398,10 @@ class Imuru(nn.Module):
         return self.vae_to_t5(pooled), mask
 
     def _sos(self, batch: int) -> Tensor:
-        return self.sos.weight.unsqueeze(0).expand(batch, 1, -1)
+        sos = self.sos.weight
+        if self.position_embeddings:
+            sos = sos + self.column_position_scale * self._positions(0, 1).to(sos)
+        return sos.unsqueeze(0).expand(batch, 1, -1)
 
     # ------------------------------------------------------------------ generation
 
@@ -294,30 +414,52 @@ class Imuru(nn.Module):
         style_mask: Tensor,
         max_new_columns: int | None = None,
         stop: StopArg = "model",
-    ) -> tuple[Tensor, Tensor]:
-        """Write the texts in the styles, one column per step with a KV cache.
+        return_stopped: bool = False,
+    ) -> tuple[Tensor, ...]:
+        """Write the texts in the styles, one decoder step (`reduction_factor` columns) at a time with a KV cache.
 
         Returns raw latent columns (B, n, 8) and lengths (B,): with a stop rule, each sample ends
         after its last non-blank column (columns beyond are the padding latent); without one
-        (`stop=None`), every sample has `max_new_columns` columns.
+        (`stop=None`), every sample has `max_new_columns` columns. `return_stopped` adds (B,) bool:
+        the samples that stopped by themselves rather than at the column cap.
         """
         steps, rule = self._generation_setup(style_mask, max_new_columns, stop)
+        r = self.reduction_factor
+        decoder_steps = -(-steps // r)
         with self._eval_mode():
             encoded = self.encode_text(text_ids, text_mask)
             prefix, prefix_mask = self.style_prefix(style, style_mask)
             batch = prefix.shape[0]
-            self_mask = torch.cat([prefix_mask, prefix_mask.new_ones(batch, steps)], dim=1)
+            self_mask = torch.cat([prefix_mask, prefix_mask.new_ones(batch, decoder_steps)], dim=1)
             decoder = CachedDecoder(self.decoder, encoded, text_mask.bool(), self_mask)
             hidden = decoder.prefill(torch.cat([prefix, self._sos(batch)], dim=1))
-            tracker = StopTracker(batch, steps, LATENT_CHANNELS, rule, like=prefix)
+            tracker = StopTracker(batch, decoder_steps * r, LATENT_CHANNELS, rule, like=prefix)
             check_every = 1 if prefix.device.type == "cpu" else 16  # a check syncs an accelerator
+            done_steps = 0
             while True:
-                column = self.t5_to_vae(hidden)  # (B, 1, 8) normalised
-                tracker.update(self.denormalise(column[:, 0]))
-                if tracker.steps >= steps or (tracker.steps % check_every == 0 and tracker.all_done()):
+                group = self.t5_to_vae(hidden)  # (B, 1, r * 8) normalised
+                self._track(tracker, group, hidden, stop)
+                done_steps += 1
+                if done_steps >= decoder_steps or (done_steps % check_every == 0 and tracker.all_done()):
                     break
-                hidden = decoder.step(self.vae_to_t5(column))
-            return tracker.result()
+                hidden = decoder.step(self.embed_columns(group, start=done_steps))
+            columns, lengths = self._crop(*tracker.result(), steps)
+            return (columns, lengths, tracker.stopped()) if return_stopped else (columns, lengths)
+
+    def _track(self, tracker: StopTracker, group: Tensor, hidden: Tensor, stop: StopArg) -> None:
+        """Hand the r columns of one decoder step (and the stop head's verdicts) to the tracker."""
+        batch, r = group.shape[0], self.reduction_factor
+        columns = self.denormalise(group.reshape(batch, r, LATENT_CHANNELS))
+        ended = None
+        if self.stop_head and stop == "model":
+            ended = torch.sigmoid(self.stop_proj(hidden).reshape(batch, r)) > self.stop_head_threshold
+        for k in range(r):
+            tracker.update(columns[:, k], None if ended is None else ended[:, k])
+
+    @staticmethod
+    def _crop(columns: Tensor, lengths: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+        """At most `steps` columns: a reduction factor may have written a few more."""
+        return columns[:, :steps], lengths.clamp_max(steps)
 
     @torch.inference_mode()
     def generate_full_recompute(
@@ -334,14 +476,16 @@ class Imuru(nn.Module):
         Same inputs, outputs and stopping as `generate`; kept for tests and benchmarks.
         """
         steps, rule = self._generation_setup(style_mask, max_new_columns, stop)
+        r = self.reduction_factor
+        decoder_steps = -(-steps // r)
         with self._eval_mode():
-            tracker = StopTracker(text_ids.shape[0], steps, LATENT_CHANNELS, rule, like=style)
-            written = style.new_zeros(text_ids.shape[0], 0, LATENT_CHANNELS)  # normalised
-            while True:
+            batch = text_ids.shape[0]
+            tracker = StopTracker(batch, decoder_steps * r, LATENT_CHANNELS, rule, like=style)
+            written = style.new_zeros(batch, 0, r * LATENT_CHANNELS)  # normalised groups of r columns
+            for _ in range(decoder_steps):
                 encoded = self.encode_text(text_ids, text_mask)
                 prefix, prefix_mask = self.style_prefix(style, style_mask)
-                batch = prefix.shape[0]
-                embeds = torch.cat([prefix, self._sos(batch), self.vae_to_t5(written)], dim=1)
+                embeds = torch.cat([prefix, self._sos(batch), self.embed_columns(written)], dim=1)
                 mask = torch.cat([prefix_mask, prefix_mask.new_ones(batch, written.shape[1] + 1)], dim=1)
                 hidden = self.decoder(
                     inputs_embeds=embeds,
@@ -349,13 +493,13 @@ class Imuru(nn.Module):
                     encoder_hidden_states=encoded,
                     encoder_attention_mask=text_mask.bool(),
                     use_cache=False,
-                ).last_hidden_state
-                column = self.t5_to_vae(hidden[:, -1:])
-                tracker.update(self.denormalise(column[:, 0]))
+                ).last_hidden_state[:, -1:]
+                group = self.t5_to_vae(hidden)
+                self._track(tracker, group, hidden, stop)
                 if tracker.all_done():
                     break
-                written = torch.cat([written, column], dim=1)
-            return tracker.result()
+                written = torch.cat([written, group], dim=1)
+            return self._crop(*tracker.result(), steps)
 
     def _generation_setup(
         self, style_mask: Tensor, max_new_columns: int | None, stop: StopArg
@@ -367,7 +511,7 @@ class Imuru(nn.Module):
             raise UserError("Every sample needs a style image at least 8 px wide (one latent column).")
         if stop == "model":
             rule = self.stop_rule()
-            if rule is None:
+            if rule is None and not self.stop_head:
                 log.warning(
                     "No padding latent / stop threshold set: generating %d columns without stopping.", steps
                 )
@@ -405,6 +549,14 @@ class Imuru(nn.Module):
             "latent_mean": self.latent_mean.tolist(),
             "latent_std": self.latent_std.tolist(),
             "padding_latent": self.padding_latent.tolist() if self.has_padding_latent else None,
+            "reduction_factor": self.reduction_factor,
+            "guided_attention_weight": self.guided_attention_weight,
+            "guided_attention_sigma": self.guided_attention_sigma,
+            "stop_head": self.stop_head,
+            "stop_loss_weight": self.stop_loss_weight,
+            "stop_head_threshold": self.stop_head_threshold,
+            "ctc_weight": self.ctc_weight,
+            "position_embeddings": self.position_embeddings,
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

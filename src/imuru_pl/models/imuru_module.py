@@ -56,8 +56,12 @@ class ImuruModule(L.LightningModule):
 
     def _step(self, batch: LineBatch, stage: str) -> Tensor:
         out = self.model(**self._inputs(batch))
-        self.log(f"{stage}/loss", out.loss, batch_size=len(batch), prog_bar=True,
-                 sync_dist=stage != "train", on_step=stage == "train", on_epoch=stage != "train")
+        options = dict(batch_size=len(batch), sync_dist=stage != "train", on_step=stage == "train",
+                       on_epoch=stage != "train")
+        self.log(f"{stage}/loss", out.loss, prog_bar=True, **options)
+        if len(out.losses) > 1:  # the terms, when auxiliary losses are switched on
+            for name, value in out.losses.items():
+                self.log(f"{stage}/loss_{name}", value.detach(), **options)
         return out.loss
 
     def training_step(self, batch: LineBatch, batch_idx: int) -> Tensor:
@@ -114,8 +118,13 @@ class ImuruModule(L.LightningModule):
                                       weight_decay=float(cfg["weight_decay"]),
                                       betas=tuple(cfg.get("betas", (0.9, 0.999))), eps=float(cfg.get("eps", 1e-8)))
         kind = cfg.get("scheduler", "cosine")
-        if kind == "constant":
-            return optimizer
+        warmup = int(cfg.get("warmup_steps", 0))
+        if kind == "constant":  # after the linear warm-up
+            if warmup <= 0:
+                return optimizer
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
         if kind == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, factor=float(cfg["plateau_factor"]), patience=int(cfg["plateau_patience"]))
@@ -124,7 +133,6 @@ class ImuruModule(L.LightningModule):
                                      "name": "train/lr"}}
         if kind != "cosine":
             raise ValueError(f"optim.scheduler must be cosine, plateau or constant, not {kind!r}")
-        warmup = int(cfg.get("warmup_steps", 0))
         floor = float(cfg.get("min_lr_ratio", 0.0))
         total = max(1, int(self.trainer.estimated_stepping_batches))
 

@@ -107,6 +107,7 @@ class VAEModule(L.LightningModule):
         kl_weight: float = 1e-6,
         mse_weight: float = 1.0,
         edge_weight: float = 1.0,
+        ink_weight: float = 0.0,
         crop_width: int | None = 128,
         clean_fraction: float = 0.5,
         sample_posterior: bool = True,
@@ -117,6 +118,8 @@ class VAEModule(L.LightningModule):
                 f"vae.train.crop_width must be a positive multiple of {COLUMN_PX} px or null; "
                 f"got {crop_width}."
             )
+        if ink_weight < 0:
+            raise UserError(f"vae.train.ink_weight cannot be negative; got {ink_weight}.")
         if not 0 <= clean_fraction <= 1:
             raise UserError(f"vae.train.clean_fraction must lie between 0 and 1; got {clean_fraction}.")
         self.save_hyperparameters(ignore=["vae"])
@@ -133,10 +136,14 @@ class VAEModule(L.LightningModule):
     def losses(self, inputs: Tensor, targets: Tensor, sample: bool) -> dict[str, Tensor]:
         recon, kl = self._reconstruct(inputs, sample)
         hp = self.hparams
-        parts = {"l1": (recon - targets).abs().mean(), "kl": kl.mean()}
+        # Ink pixels (dark in the clean target) weigh 1 + ink_weight: small marks such as i-dots and
+        # commas cover few pixels, and a plain mean lets the decoder drop them almost for free.
+        weights = 1.0 + hp.ink_weight * (1.0 - targets).clamp(0.0, 2.0) / 2.0
+        weights = weights / weights.mean()
+        parts = {"l1": ((recon - targets).abs() * weights).mean(), "kl": kl.mean()}
         loss = parts["l1"] + hp.kl_weight * parts["kl"]
         if hp.mse_weight > 0:
-            parts["mse"] = (recon - targets).pow(2).mean()
+            parts["mse"] = ((recon - targets).pow(2) * weights).mean()
             loss = loss + hp.mse_weight * parts["mse"]
         if hp.edge_weight > 0:
             parts["edge"] = edge_l1(recon, targets)

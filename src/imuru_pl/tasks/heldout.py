@@ -24,7 +24,8 @@ from imuru_pl.metrics.evaluator import evaluate_sets
 from imuru_pl.metrics.folders import write_folder
 from imuru_pl.metrics.items import Item
 from imuru_pl.metrics.report import save_report
-from imuru_pl.pipeline import ImuruPipeline, write_lines
+from imuru_pl.callbacks.legibility import width_errors
+from imuru_pl.pipeline import ImuruPipeline, write_lines_detailed
 from imuru_pl.visual import rows_grid
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,17 @@ def write_heldout_lines(cfg: DictConfig, pipeline: ImuruPipeline, datamodule, ou
     samples = pick_samples(datamodule.test_dataset, count)
     batch_size = int(cfg.data.get("eval_batch_size", 8))
     generated: list[torch.Tensor] = []
+    errors, stopped = [], []
     for start in progress(range(0, len(samples), batch_size), desc="Held-out lines", unit="batch"):
         batch = collate_lines(samples[start : start + batch_size])
-        generated += write_lines(pipeline.model, pipeline.vae, batch.style, batch.style_widths, batch.texts)
+        written = write_lines_detailed(pipeline.model, pipeline.vae, batch.style, batch.style_widths,
+                                       batch.texts)
+        generated += written.images
+        errors.append(width_errors(written.lengths, batch.target_widths.cpu()))
+        stopped.append(written.stopped)
+    errors = torch.cat(errors)
+    geometry = {"stop_rate": float(torch.cat(stopped).float().mean()), "width_error": float(errors.mean()),
+                "width_within_15": float((errors <= 0.15).float().mean())}
 
     writers = [w.id for w in datamodule.writers("test")]
     fake, real, wrong = [], [], []
@@ -84,7 +93,7 @@ def write_heldout_lines(cfg: DictConfig, pipeline: ImuruPipeline, datamodule, ou
     log.info("Wrote %d held-out lines (style | generated | real grid: %s)", len(samples), root / "grid.png")
     result = {"heldout_dir": str(root)}
     if settings.get("evaluate", True):
-        report = {"generated": evaluate_sets(fake, real, cfg.metrics)}
+        report = {"generated": {**evaluate_sets(fake, real, cfg.metrics), **geometry}}
         if wrong:  # against the real lines of the same texts only
             names = {item.name for item in wrong}
             report["wrong_writer"] = evaluate_sets(wrong, [r for r in real if r.name in names], cfg.metrics)
@@ -95,5 +104,5 @@ def write_heldout_lines(cfg: DictConfig, pipeline: ImuruPipeline, datamodule, ou
 
 
 def _headline(report: dict) -> dict:
-    keys = ("hwd", "fid", "cer_fake", "cer_real", "delta_cer")
+    keys = ("hwd", "fid", "cer_fake", "cer_real", "delta_cer", "stop_rate", "width_error", "width_within_15")
     return {k: round(report[k], 4) for k in keys if isinstance(report.get(k), (int, float))}

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from imuru_pl.errors import UserError
+from imuru_pl.metrics.reconstruction import reconstruction_cer
 from imuru_pl.models.vae import CONSTANTS_FILE, LineVAE
 from imuru_pl.models.vae_module import ReconstructionGrid, VAEModule, masked_image_errors, start_white
 
@@ -84,6 +85,7 @@ def build_module(cfg: DictConfig, vae: LineVAE) -> VAEModule:
         kl_weight=t.kl_weight,
         mse_weight=t.mse_weight,
         edge_weight=t.edge_weight,
+        ink_weight=t.get("ink_weight", 0.0),
         crop_width=t.crop_width,
         clean_fraction=t.clean_fraction,
         sample_posterior=t.sample_posterior,
@@ -159,6 +161,11 @@ def _measure_and_save(cfg: DictConfig, vae: LineVAE, datamodule, trainer: L.Trai
     stop = vae.measure_stop_constants(datamodule.train_dataloader(), max_lines=int(t.stop_lines))
     heldout_stop = vae.stop_accuracy(datamodule.val_dataloader(), max_lines=int(t.eval_lines))
     heldout = heldout_reconstruction(vae, datamodule.val_dataloader(), int(t.eval_lines))
+    ocr_lines = int(t.get("ocr_lines", 0))
+    if ocr_lines > 0 and bool(cfg.metrics.ocr.enabled):  # do letters survive the round trip?
+        heldout["ocr"] = reconstruction_cer(vae, datamodule.val_dataloader(), ocr_lines, cfg.metrics)
+        log.info("Held-out reconstruction CER %.3f against %.3f for the original lines (%d lines).",
+                 heldout["ocr"]["cer_reconstruction"], heldout["ocr"]["cer_original"], heldout["ocr"]["lines"])
     vae.to("cpu")
     vae.save_pretrained(directory)
     log.info(
@@ -183,7 +190,10 @@ def _write_metrics(path: Path, result: dict) -> None:
 
 
 def _log_to_trainer(trainer: L.Trainer, result: dict) -> None:
-    metrics = {f"heldout/{k}": v for k, v in result["heldout"].items() if k != "lines"}
+    metrics = {f"heldout/{k}": v for k, v in result["heldout"].items() if k not in ("lines", "ocr")}
+    for key, value in result["heldout"].get("ocr", {}).items():
+        if key != "lines":
+            metrics[f"heldout/{key}"] = value
     metrics["heldout/stop_balanced_accuracy"] = result["stop_heldout"]["balanced_accuracy"]
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)

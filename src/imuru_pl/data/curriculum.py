@@ -1,0 +1,83 @@
+"""A curriculum from short to long texts: early batches are drawn from the shortest lines only.
+
+At training step s of a curriculum of S steps, batches are drawn (without replacement inside a batch) from
+the `start + (1 - start) * s / S` shortest share of the training lines, by text length; from step S on,
+from all of them. The step is read from the trainer, so a resumed run continues the schedule where it
+stopped. Short lines are where a text-to-column alignment is easiest to find (fewer letters to place),
+which is what autoregressive text-to-speech curricula exploit.
+
+Batches are drawn per step rather than as a permutation, so a resumed run continues the schedule but not
+the exact batch sequence, and the curriculum is for single-process training (a clear error otherwise).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import DataLoader, Sampler
+
+from imuru_pl.data.batch import collate_lines
+from imuru_pl.errors import UserError
+
+
+def check_curriculum(curriculum: dict | None) -> dict:
+    """`{steps, start}` with defaults and checks; steps 0 switches the curriculum off."""
+    settings = {"steps": 0, "start": 0.25, **dict(curriculum or {})}
+    unknown = set(settings) - {"steps", "start"}
+    if unknown:
+        raise UserError(f"Unknown data.curriculum keys {sorted(unknown)}; known: steps, start.")
+    if int(settings["steps"]) < 0:
+        raise UserError(f"data.curriculum.steps must be 0 (off) or more; got {settings['steps']}.")
+    if not 0.0 < float(settings["start"]) <= 1.0:
+        raise UserError(f"data.curriculum.start is a share of the lines in (0, 1]; got {settings['start']}.")
+    return {"steps": int(settings["steps"]), "start": float(settings["start"])}
+
+
+def check_single_process(trainer) -> None:
+    """The curriculum draws every batch itself: several processes would need a sharded schedule."""
+    if trainer is not None and int(getattr(trainer, "world_size", 1)) > 1:
+        raise UserError("data.curriculum works in single-process training; set data.curriculum.steps=0 "
+                        "when training with several processes.")
+
+
+class CurriculumBatchSampler(Sampler[list[int]]):
+    """Batches of indices whose pool grows from the shortest texts to all of them over `steps` steps."""
+
+    def __init__(self, text_lengths: Sequence[int], batch_size: int, steps: int, start: float,
+                 current_step: Callable[[], int], seed: int = 0):
+        if len(text_lengths) == 0:
+            raise UserError("The curriculum has no training lines to draw from.")
+        self.order = np.argsort(np.asarray(text_lengths), kind="stable")  # shortest first
+        self.batch_size, self.steps, self.start = int(batch_size), int(steps), float(start)
+        self.current_step = current_step
+        self.seed, self.epoch = int(seed), 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def share(self, step: int) -> float:
+        """The share of lines (shortest first) that batches are drawn from at `step`."""
+        if self.steps <= 0:
+            return 1.0
+        return min(1.0, self.start + (1.0 - self.start) * step / self.steps)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        self.epoch += 1
+        total = len(self.order)
+        for _ in range(len(self)):
+            pool = max(self.batch_size, math.ceil(self.share(self.current_step()) * total))
+            pool = min(pool, total)
+            chosen = rng.choice(pool, size=min(self.batch_size, pool), replace=False)
+            yield self.order[chosen].tolist()
+
+
+def curriculum_loader(dataset, batch_size: int, curriculum: dict, current_step: Callable[[], int],
+                      seed: int = 0, num_workers: int = 0) -> DataLoader:
+    """The training DataLoader with a `CurriculumBatchSampler` (`dataset.texts` gives the text lengths)."""
+    sampler = CurriculumBatchSampler([len(t) for t in dataset.texts], batch_size, curriculum["steps"],
+                                     curriculum["start"], current_step, seed)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_lines,
+                      persistent_workers=num_workers > 0)
