@@ -4,7 +4,7 @@
         [--split test] [key=value ...]
 
 Reads each line before and after the VAE round trip with the configured OCR engine (`metrics.ocr`) and
-prints both CERs and their difference, then one JSON line. Extra `key=value` arguments override the
+prints both CERs and their difference, overall and per font family, then one JSON line. Extra `key=value` arguments override the
 composed config (e.g. data.lines_per_writer.test=32).
 """
 
@@ -42,10 +42,14 @@ def main() -> int:
     datamodule.setup("test" if args.split == "test" else "validate")
     loader = datamodule.test_dataloader() if args.split == "test" else datamodule.val_dataloader()
     started = time.time()
-    result = reconstruction_cer(vae, loader, args.lines, cfg.metrics)
+    family = {w.id: w.font for w in datamodule.writers(args.split)}
+    result = reconstruction_cer(vae, loader, args.lines, cfg.metrics, group=lambda w: family.get(w, w))
     result["seconds"] = round(time.time() - started, 1)
     print(f"{result['lines']} {args.split} lines: CER original {result['cer_original']:.4f}, "
           f"reconstruction {result['cer_reconstruction']:.4f}, difference {result['delta_cer']:+.4f}")
+    for name, scores in result["per_group"].items():
+        print(f"  {name}: {scores['lines']} lines, CER original {scores['cer_original']:.4f}, "
+              f"reconstruction {scores['cer_reconstruction']:.4f}")
     print(json.dumps({"vae_dir": args.vae_dir, "split": args.split, **result}))
     return 0
 

@@ -107,3 +107,22 @@ def test_help_prints_the_config_groups():
     result = run_cli("--help")
     assert result.returncode == 0, result.stderr
     assert "experiment:" in result.stdout and "data:" in result.stdout
+
+
+def test_the_vae_stage_trains_on_plain_batches_even_with_a_curriculum(tmp_path):
+    from imuru_pl.tasks.train_vae import build_datamodule
+
+    cfg = compose_experiment("demo", tmp_path, ["data.curriculum.steps=300"])
+    assert cfg.data.curriculum.steps == 300
+    datamodule = build_datamodule(cfg)
+    assert datamodule.curriculum["steps"] == 0 and datamodule.pairing == "same_line"
+
+
+def test_the_vae_stage_ignores_the_imuru_time_cap(tmp_path):
+    from imuru_pl.tasks.train_vae import build_trainer
+
+    cfg = compose_experiment("demo", tmp_path, ["logger=none"])
+    assert cfg.trainer.max_time  # the demo caps the Imuru stage's minutes
+    trainer = build_trainer(cfg, [])
+    assert trainer.fit_loop.max_steps == cfg.vae.train.max_steps
+    assert not any(type(cb).__name__ == "Timer" for cb in trainer.callbacks)

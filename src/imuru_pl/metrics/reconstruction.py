@@ -7,6 +7,7 @@ posterior mean, decode) with the configured OCR engine and reports both CERs and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,10 +20,14 @@ from imuru_pl.metrics.settings import settings_from_config
 
 
 @torch.no_grad()
-def reconstruction_cer(vae, dataloader, max_lines: int, metrics: Any = None) -> dict[str, float]:
-    """CER of `max_lines` target lines of `dataloader` and of their reconstructions (case-sensitive)."""
+def reconstruction_cer(vae, dataloader, max_lines: int, metrics: Any = None,
+                       group: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """CER of `max_lines` target lines of `dataloader` and of their reconstructions (case-sensitive).
+
+    `group` maps a writer id to a group name (e.g. its font family): the result then also holds
+    `per_group` = {name: {"cer_original", "cer_reconstruction", "lines"}}."""
     device = next(vae.parameters()).device
-    originals, reconstructions, texts = [], [], []
+    originals, reconstructions, texts, writers = [], [], [], []
     for batch in dataloader:
         keep = min(len(batch), max_lines - len(texts))
         images = batch.target[:keep].to(device)
@@ -32,12 +37,25 @@ def reconstruction_cer(vae, dataloader, max_lines: int, metrics: Any = None) -> 
             originals.append(tensor_to_image(batch.target[i, :, :, :width]))
             reconstructions.append(tensor_to_image(decoded[i, :, :, :width]))
         texts += list(batch.texts[:keep])
+        writers += list(batch.writers[:keep])
         if len(texts) >= max_lines:
             break
     if not texts:
         raise UserError("No lines to read: the reconstruction CER needs a non-empty split.")
     ocr = get_ocr(settings_from_config(metrics))
-    original = cer(ocr.read(originals), texts)
-    reconstructed = cer(ocr.read(reconstructions), texts)
-    return {"cer_original": original, "cer_reconstruction": reconstructed,
-            "delta_cer": reconstructed - original, "lines": len(texts)}
+    read_original, read_reconstruction = ocr.read(originals), ocr.read(reconstructions)
+    original, reconstructed = cer(read_original, texts), cer(read_reconstruction, texts)
+    result: dict[str, Any] = {"cer_original": original, "cer_reconstruction": reconstructed,
+                              "delta_cer": reconstructed - original, "lines": len(texts)}
+    if group is not None:
+        names = [group(w) for w in writers]
+        result["per_group"] = {}
+        for name in sorted(set(names)):
+            rows = [i for i, n in enumerate(names) if n == name]
+            refs = [texts[i] for i in rows]
+            result["per_group"][name] = {
+                "cer_original": cer([read_original[i] for i in rows], refs),
+                "cer_reconstruction": cer([read_reconstruction[i] for i in rows], refs),
+                "lines": len(rows),
+            }
+    return result

@@ -44,12 +44,15 @@ def build_vae(cfg: DictConfig) -> LineVAE:
 
 
 def build_datamodule(cfg: DictConfig):
-    """The configured data module, switched to same-line pairs (style and clean target of one line)."""
+    """The configured data module, switched to same-line pairs (style and clean target of one line) and
+    plain shuffled batches (a text-length curriculum is for the Imuru stage)."""
     data_cfg = cfg.data.copy()
     batch_size = cfg.vae.train.get("batch_size")
-    if batch_size and "batch_size" in data_cfg:
-        with open_dict(data_cfg):
+    with open_dict(data_cfg):
+        if batch_size and "batch_size" in data_cfg:
             data_cfg.batch_size = batch_size
+        if "curriculum" in data_cfg:
+            data_cfg.curriculum = {"steps": 0}
     return instantiate(data_cfg, pairing="same_line")
 
 
