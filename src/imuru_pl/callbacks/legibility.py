@@ -28,10 +28,11 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from imuru_pl.data.batch import COLUMN_PX, collate_lines
+from imuru_pl.data.batch import collate_lines, spread_samples
 from imuru_pl.data.image import tensor_to_image
 from imuru_pl.metrics.cer import cer
 from imuru_pl.metrics.evaluator import get_ocr
+from imuru_pl.metrics.geometry import line_geometry
 from imuru_pl.metrics.settings import settings_from_config
 from imuru_pl.pipeline import write_lines_detailed
 
@@ -40,21 +41,6 @@ log = logging.getLogger(__name__)
 CURVE_FILE = "learning_curve.csv"
 FIELDS = ("step", "minutes", "cer_heldout", "cer_seen", "cer_real_heldout", "stop_rate", "width_error",
           "width_within_15")
-
-
-def spread(dataset, count: int) -> list:
-    """`count` items spread evenly over a dataset (ordered by writer): several writers each."""
-    if dataset is None or len(dataset) == 0 or count <= 0:
-        return []
-    step = max(1, len(dataset) // count)
-    return [dataset[i] for i in range(0, len(dataset), step)][:count]
-
-
-def width_errors(lengths: torch.Tensor, real_widths: torch.Tensor) -> torch.Tensor:
-    """Relative width error per line: |8 * length - real width| / real width."""
-    generated = lengths.float() * COLUMN_PX
-    real = real_widths.float().clamp_min(1.0)
-    return (generated - real).abs() / real
 
 
 class LegibilityCurve(L.Callback):
@@ -82,8 +68,8 @@ class LegibilityCurve(L.Callback):
             return
         started = time.time()
         datamodule = trainer.datamodule
-        self.heldout = spread(getattr(datamodule, "val_dataset", None), self.num_lines)
-        self.seen = spread(getattr(datamodule, "train_dataset", None), self.seen_lines)
+        self.heldout = spread_samples(getattr(datamodule, "val_dataset", None), self.num_lines)
+        self.seen = spread_samples(getattr(datamodule, "train_dataset", None), self.seen_lines)
         if self.heldout and self.settings.ocr_enabled:
             reads = get_ocr(self.settings).read([tensor_to_image(s["target"]) for s in self.heldout])
             self.real_cer = cer(reads, [s["text"] for s in self.heldout])
@@ -145,10 +131,7 @@ class LegibilityCurve(L.Callback):
         if self.settings.ocr_enabled:  # with metrics.ocr.enabled=false only the geometry is measured
             scores[f"cer_{name}"] = cer(get_ocr(self.settings).read(images), texts)
         if with_geometry:
-            errors = width_errors(torch.cat(lengths), torch.cat(widths))
-            scores.update(stop_rate=float(torch.cat(stopped).float().mean()),
-                          width_error=float(errors.mean()),
-                          width_within_15=float((errors <= 0.15).float().mean()))
+            scores.update(line_geometry(torch.cat(lengths), torch.cat(stopped), torch.cat(widths)))
         return scores
 
     def _write(self, trainer: L.Trainer, row: dict[str, float]) -> None:

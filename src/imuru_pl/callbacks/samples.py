@@ -7,7 +7,7 @@ import logging
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from imuru_pl.data.batch import LineBatch, collate_lines
+from imuru_pl.data.batch import LineBatch, collate_lines, spread_samples
 from imuru_pl.visual import rows_grid, to_chw
 
 log = logging.getLogger(__name__)
@@ -22,11 +22,9 @@ class GenerationSamples(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dataset = trainer.datamodule.val_dataset if trainer.datamodule is not None else None
-        if dataset is None or len(dataset) == 0:
-            return
-        # Spread the samples over the validation set so that several writers appear.
-        step = max(1, len(dataset) // self.num_samples)
-        self.batch = collate_lines([dataset[i] for i in range(0, len(dataset), step)][: self.num_samples])
+        samples = spread_samples(dataset, self.num_samples)
+        if samples:
+            self.batch = collate_lines(samples)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

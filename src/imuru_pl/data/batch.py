@@ -83,6 +83,15 @@ def collate_lines(samples: list[LineSample]) -> LineBatch:
     )
 
 
+def spread_samples(dataset: Dataset | None, count: int) -> list[LineSample]:
+    """`count` items spread evenly over a dataset (datasets are ordered by writer, so several writers
+    appear); empty for no dataset, an empty one or count <= 0."""
+    if dataset is None or len(dataset) == 0 or count <= 0:
+        return []
+    step = max(1, len(dataset) // count)
+    return [dataset[i] for i in range(0, len(dataset), step)][:count]
+
+
 def line_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0) -> DataLoader:
     """The DataLoader every line dataset uses: `LineSample`s collated into `LineBatch`es."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
-from imuru_pl.data.batch import collate_lines
+from imuru_pl.data.batch import collate_lines, line_loader
 from imuru_pl.errors import UserError
 
 
@@ -74,10 +74,18 @@ class CurriculumBatchSampler(Sampler[list[int]]):
             yield self.order[chosen].tolist()
 
 
-def curriculum_loader(dataset, batch_size: int, curriculum: dict, current_step: Callable[[], int],
-                      seed: int = 0, num_workers: int = 0) -> DataLoader:
-    """The training DataLoader with a `CurriculumBatchSampler` (`dataset.texts` gives the text lengths)."""
-    sampler = CurriculumBatchSampler([len(t) for t in dataset.texts], batch_size, curriculum["steps"],
-                                     curriculum["start"], current_step, seed)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_lines,
-                      persistent_workers=num_workers > 0)
+def training_loader(datamodule, dataset) -> DataLoader:
+    """A line data module's training DataLoader: shuffled batches, or with `datamodule.curriculum` on, a
+    `CurriculumBatchSampler` (`dataset.texts` gives the text lengths) that follows the trainer's step."""
+    curriculum, workers = datamodule.curriculum, datamodule.num_workers
+    if curriculum["steps"] <= 0:
+        return line_loader(dataset, datamodule.batch_size, shuffle=True, num_workers=workers)
+    check_single_process(datamodule.trainer)
+
+    def current_step() -> int:
+        return int(datamodule.trainer.global_step) if datamodule.trainer is not None else 0
+
+    sampler = CurriculumBatchSampler([len(t) for t in dataset.texts], datamodule.batch_size,
+                                     curriculum["steps"], curriculum["start"], current_step, datamodule.seed)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_lines,
+                      persistent_workers=workers > 0)

@@ -14,7 +14,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from imuru_pl.data.batch import line_loader
-from imuru_pl.data.curriculum import check_curriculum, check_single_process, curriculum_loader
+from imuru_pl.data.curriculum import check_curriculum, training_loader
 from imuru_pl.data.pairs import PAIRINGS, LinePairs, Pairing
 from imuru_pl.data.store import LineStore, cached_split
 from imuru_pl.data.synthetic import DEFAULT_FONT_PACKAGES, SPLITS, RenderedLine, SyntheticHandwriting, Writer
@@ -143,15 +143,7 @@ class LineDataModule(L.LightningDataModule):
         return LinePairs(self.stores[split], self.writers(split), self.pairing, self.seed)
 
     def train_dataloader(self) -> DataLoader:
-        dataset = self.train_dataset or self.dataset("train")
-        if self.curriculum["steps"] > 0:  # short texts first (data.curriculum)
-            check_single_process(self.trainer)
-            return curriculum_loader(dataset, self.batch_size, self.curriculum, self._global_step, self.seed,
-                                     self.num_workers)
-        return self._loader(dataset, self.batch_size, shuffle=True)
-
-    def _global_step(self) -> int:
-        return int(self.trainer.global_step) if self.trainer is not None else 0
+        return training_loader(self, self.train_dataset or self.dataset("train"))  # shuffled, or short texts first (data.curriculum)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset or self.dataset("val"), self.eval_batch_size, shuffle=False)

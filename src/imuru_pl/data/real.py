@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from imuru_pl.data.batch import LINE_HEIGHT, LineSample, line_loader
-from imuru_pl.data.curriculum import check_curriculum, check_single_process, curriculum_loader
+from imuru_pl.data.curriculum import check_curriculum, training_loader
 from imuru_pl.data.image import MIN_SOURCE_HEIGHT, load_line
 from imuru_pl.data.pairs import PAIRINGS, Pairing, style_partners
 from imuru_pl.data.synthetic import SPLITS, stable_seed
@@ -381,15 +381,7 @@ class RealLineDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def train_dataloader(self) -> DataLoader:
-        dataset = self.datasets["train"]
-        if self.curriculum["steps"] > 0:  # short texts first (data.curriculum)
-            check_single_process(self.trainer)
-            return curriculum_loader(dataset, self.batch_size, self.curriculum, self._global_step, self.seed,
-                                     self.num_workers)
-        return self._loader(dataset, self.batch_size, shuffle=True)
-
-    def _global_step(self) -> int:
-        return int(self.trainer.global_step) if self.trainer is not None else 0
+        return training_loader(self, self.datasets["train"])  # shuffled, or short texts first (data.curriculum)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["val"], self.eval_batch_size, shuffle=False)

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from imuru_pl.data.batch import COLUMN_PX, LineBatch, collate_lines
+from imuru_pl.data.batch import COLUMN_PX, LineBatch, collate_lines, spread_samples
 from imuru_pl.errors import UserError
 from imuru_pl.models.vae import LineVAE, convert_channels
 from imuru_pl.visual import rows_grid, to_chw
@@ -209,10 +209,8 @@ def spread_lines(datamodule, count: int) -> LineBatch | None:
     dataset = getattr(datamodule, "val_dataset", None)
     if dataset is None:
         return next(iter(datamodule.val_dataloader()), None)
-    if len(dataset) == 0:
-        return None
-    step = max(1, len(dataset) // count)
-    return collate_lines([dataset[i] for i in range(0, len(dataset), step)][:count])
+    samples = spread_samples(dataset, count)
+    return collate_lines(samples) if samples else None
 
 
 class ReconstructionGrid(L.Callback):

@@ -18,25 +18,19 @@ import torch
 from omegaconf import DictConfig
 
 from imuru_pl.console import progress
-from imuru_pl.data.batch import collate_lines
+from imuru_pl.data.batch import collate_lines, spread_samples
 from imuru_pl.data.image import tensor_to_image
 from imuru_pl.metrics.evaluator import evaluate_sets
 from imuru_pl.metrics.folders import write_folder
+from imuru_pl.metrics.geometry import line_geometry
 from imuru_pl.metrics.items import Item
 from imuru_pl.metrics.report import save_report
-from imuru_pl.callbacks.legibility import width_errors
 from imuru_pl.pipeline import ImuruPipeline, write_lines_detailed
 from imuru_pl.visual import rows_grid
 
 log = logging.getLogger(__name__)
 
 HELDOUT_SUBDIR = "heldout"
-
-
-def pick_samples(dataset, count: int) -> list[dict]:
-    """`count` items spread evenly over the dataset (it is ordered by writer): several writers each."""
-    step = max(1, len(dataset) // count)
-    return [dataset[i] for i in range(0, len(dataset), step)][:count]
 
 
 def wrong_writer_line(datamodule, sample: dict, writers: list[str]) -> torch.Tensor | None:
@@ -53,20 +47,19 @@ def write_heldout_lines(cfg: DictConfig, pipeline: ImuruPipeline, datamodule, ou
     if count <= 0:
         return {}
     datamodule.setup("test")
-    samples = pick_samples(datamodule.test_dataset, count)
+    samples = spread_samples(datamodule.test_dataset, count)
     batch_size = int(cfg.data.get("eval_batch_size", 8))
     generated: list[torch.Tensor] = []
-    errors, stopped = [], []
+    lengths, stopped, real_widths = [], [], []
     for start in progress(range(0, len(samples), batch_size), desc="Held-out lines", unit="batch"):
         batch = collate_lines(samples[start : start + batch_size])
         written = write_lines_detailed(pipeline.model, pipeline.vae, batch.style, batch.style_widths,
                                        batch.texts)
         generated += written.images
-        errors.append(width_errors(written.lengths, batch.target_widths.cpu()))
+        lengths.append(written.lengths)
         stopped.append(written.stopped)
-    errors = torch.cat(errors)
-    geometry = {"stop_rate": float(torch.cat(stopped).float().mean()), "width_error": float(errors.mean()),
-                "width_within_15": float((errors <= 0.15).float().mean())}
+        real_widths.append(batch.target_widths.cpu())
+    geometry = line_geometry(torch.cat(lengths), torch.cat(stopped), torch.cat(real_widths))
 
     writers = [w.id for w in datamodule.writers("test")]
     fake, real, wrong = [], [], []
