@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -126,3 +127,22 @@ def test_the_vae_stage_ignores_the_imuru_time_cap(tmp_path):
     trainer = build_trainer(cfg, [])
     assert trainer.fit_loop.max_steps == cfg.vae.train.max_steps
     assert not any(type(cb).__name__ == "Timer" for cb in trainer.callbacks)
+
+
+@pytest.mark.parametrize("data", ["folder", "iam"])
+def test_the_default_experiment_composes_with_real_data(data, tmp_path):
+    """`python run.py task=train data=folder data.root=...` (docs/real_data.md): the demo, the default
+    experiment, sets no key that only the synthetic data has."""
+    from hydra.utils import get_class
+
+    from imuru_pl.data.real import RealLineDataModule
+
+    cfg = compose_experiment("demo", tmp_path, [f"data={data}"])
+    target = get_class(cfg.data._target_)
+    known = set(inspect.signature(RealLineDataModule.__init__).parameters)
+    known |= set(inspect.signature(target.__init__).parameters)
+    unknown = {key for key in cfg.data if not str(key).startswith("_")} - known
+    assert not unknown, f"data={data} would be given keys it does not take: {sorted(unknown)}"
+    if data == "folder":
+        cfg.data.root, cfg.data.split = str(handwriting_folder(tmp_path / "folder")), "all_train"
+        assert instantiate(cfg.data).writers("train")

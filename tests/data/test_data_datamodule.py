@@ -143,6 +143,13 @@ def test_on_disk_cache_gives_the_same_lines(tmp_path):
     plain.setup("test")
     assert np.array_equal(fresh.stores["test"].masks, plain.stores["test"].masks)
     assert fresh.stores["test"].texts == plain.stores["test"].texts
+    assert np.array_equal(fresh.stores["test"].starts, plain.stores["test"].starts), "letter starts kept"
+    old = tmp_path / files[1]  # a cache written before letter starts existed is rendered again
+    with np.load(old) as data:
+        np.savez_compressed(old, **{k: data[k] for k in data.files if k not in ("starts", "start_offsets")})
+    again = datamodule(cache_dir=str(tmp_path))
+    again.setup()
+    assert all(len(again.stores[s].starts) == sum(map(len, again.stores[s].texts)) for s in again.stores)
     (tmp_path / files[0]).write_bytes(b"not a cache")  # a broken file is rendered again, not trusted
     broken = datamodule(cache_dir=str(tmp_path))
     broken.setup()

@@ -40,6 +40,14 @@ def test_cached_generation_equals_full_recompute(style_enc, batch_size):
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
 
 
+def test_a_cap_of_one_column_writes_one_column():
+    model = tiny_model()
+    cached, lengths = model.generate(*requests(), max_new_columns=1, stop=None)
+    full, _ = model.generate_full_recompute(*requests(), max_new_columns=1, stop=None)
+    assert cached.shape == (3, 1, 8) and lengths.tolist() == [1, 1, 1]
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("style_enc", STYLE_ENCODERS)
 def test_a_request_generates_the_same_alone_or_in_a_padded_batch(style_enc):
     model = tiny_model(style_enc)

@@ -104,3 +104,17 @@ def test_a_few_steps_lower_the_loss_and_generation_returns_images():
     assert after < before
     lines = m.generate_batch(b)
     assert len(lines) == 2 and all(img.shape[:2] == (1, 64) and img.shape[-1] % 8 == 0 for img in lines)
+
+
+def test_aligned_letters_spread_letters_evenly_where_the_data_has_no_letter_starts():
+    m = module()
+    m.model = Imuru(t5=TINY_T5, style_enc="full", trailing_blank_columns=3, max_new_columns=6, aligned_letters=True)
+    m.model.use_vae_stats(m.vae)
+    b = batch()  # hand-made samples, like real data: no target_starts
+    assert b.target_starts is None
+    inputs = m._inputs(b)
+    # "xyz" over 72 px: 24 px (3 columns) each; "ab" over 40 px: a starts at 0, b at 20 (column centres 4, 12 | 20, ...)
+    assert inputs["letter_index"][1, :9].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert inputs["letter_index"][0, :5].tolist() == [0, 0, 1, 1, 1]
+    assert set(inputs["letter_index"][0, 5:].tolist()) == {2}, "then the EOS token"
+    assert torch.isfinite(m.model(**inputs).loss)

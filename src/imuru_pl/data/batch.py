@@ -9,7 +9,7 @@ the padding.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import torch
 from torch import Tensor
@@ -27,6 +27,7 @@ class LineSample(TypedDict):
     style_text: str  # text written in `style` (for logging/evaluation only: never a model input)
     style_key: str  # stable id of the style image (latent cache key)
     target_key: str  # stable id of the target image (latent cache key)
+    target_starts: NotRequired[Tensor]  # (len(text),) float px where each letter starts; synthetic data only
 
 
 @dataclass
@@ -40,6 +41,7 @@ class LineBatch:
     style_texts: list[str]
     style_keys: list[str]
     target_keys: list[str]
+    target_starts: list[Tensor] | None = None  # each target's letter starts (px), when every sample has them
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -80,6 +82,8 @@ def collate_lines(samples: list[LineSample]) -> LineBatch:
         style_texts=[s["style_text"] for s in samples],
         style_keys=[s["style_key"] for s in samples],
         target_keys=[s["target_key"] for s in samples],
+        target_starts=[s["target_starts"] for s in samples] if all("target_starts" in s for s in samples)
+        else None,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from imuru_pl.data.batch import LineSample
@@ -54,6 +55,7 @@ class LinePairs(Dataset):
             style_text=store.texts[j],
             style_key=f"{style_key}/paper",
             target_key=f"{store.keys[i]}/clean",
+            target_starts=torch.from_numpy(store.letter_starts(i).copy()),
         )
 
 

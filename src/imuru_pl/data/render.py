@@ -191,25 +191,42 @@ class Pen:
 
     def mask(self, text: str, rng: np.random.Generator) -> np.ndarray:
         """Ink coverage (uint8, 64 x w, 255 = ink) of `text`; `rng` moves words off the baseline a little."""
+        return self.draw(text, rng)[0]
+
+    def draw(self, text: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The ink mask of `text` and where each of its letters starts.
+
+        Letter starts (float32, one per character of `" ".join(text.split())`, spaces included) are the pen
+        positions on the baseline in px of the final mask: letter i owns the columns from its start to the
+        next letter's start (a space owns the gap between two words). They are what `model.aligned_letters`
+        learns the text-to-column alignment from.
+        """
         words = text.split()
         if not words:
             raise UserError("Cannot render an empty text; give at least one visible character.")
         placed: list[tuple[np.ndarray, int, int]] = []  # glyph, left x, top y (supersampled px)
-        x = 0.0
-        for word in words:
+        pens: list[float] = []  # pen x of every character, spaces included (supersampled px)
+        x = word_end = 0.0
+        for w, word in enumerate(words):
+            if w:  # the space between two words starts where the last word's pen stopped
+                pens.append(word_end * self.style.width)
             dy = float(np.clip(rng.normal(0.0, 1.0), -JITTER_CLIP, JITTER_CLIP)) * self.style.baseline_jitter
             y = round(self.baseline + dy * SUPERSAMPLE)
             for i, char in enumerate(word):
                 if i:
                     x += self._kern(word[i - 1] + char) + self.spacing
                 glyph, left, top = self._glyph(char)
+                pens.append(x * self.style.width)
                 placed.append((glyph, round(x * self.style.width) + left, y + top))
                 x += self._advance(char)
+            word_end = x
             x += self.space + self.spacing
-        return self._rasterise(placed)
+        return self._rasterise(placed, np.asarray(pens, dtype=np.float64))
 
-    def _rasterise(self, placed: list[tuple[np.ndarray, int, int]]) -> np.ndarray:
-        """Paste the glyphs (maximum where strokes overlap), reduce to 64 px, keep the inked columns.
+    def _rasterise(self, placed: list[tuple[np.ndarray, int, int]],
+                   pens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Paste the glyphs (maximum where strokes overlap), reduce to 64 px, keep the inked columns; the pen
+        positions follow the same scaling and crop.
 
         Glyphs of the fitted alphabet always fit the line; a taller character from outside it (only possible
         in `render` of arbitrary text) makes the whole line drawn taller and scaled down: never clipped.
@@ -226,7 +243,7 @@ class Pen:
             np.maximum(region, glyph, out=region)
         image = Image.fromarray(canvas)
         if image.height == self.height:
-            image = image.reduce(SUPERSAMPLE)
+            image, scale = image.reduce(SUPERSAMPLE), 1.0 / SUPERSAMPLE
         else:
             scale = LINE_HEIGHT / image.height
             image = image.resize((max(1, round(image.width * scale)), LINE_HEIGHT), Image.Resampling.BOX)
@@ -237,7 +254,9 @@ class Pen:
         left, right = ink_columns[0], ink_columns[-1] + 1
         out = np.zeros((LINE_HEIGHT, right - left + 2 * SIDE_PX), dtype=np.uint8)
         out[:, SIDE_PX : SIDE_PX + right - left] = mask[:, left:right]
-        return out
+        starts = (pens - x0) * scale - left + SIDE_PX
+        starts = np.maximum.accumulate(np.clip(starts, 0.0, out.shape[1]))  # never before the line or backwards
+        return out, starts.astype(np.float32)
 
 
 def lean_and_stretch(

@@ -31,6 +31,8 @@ class LineStore:
     writer_ids: list[str]
     indices: np.ndarray  # int64 (n,): each line's index among its writer's lines
     keys: list[str]
+    starts: np.ndarray  # float32 (sum of letters): where each letter starts, px (`Pen.draw`)
+    start_offsets: np.ndarray  # int64 (n + 1): line i's letter starts are starts[start_offsets[i]:...[i + 1]]
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -38,12 +40,16 @@ class LineStore:
     def mask(self, i: int) -> np.ndarray:
         return self.masks[:, self.offsets[i] : self.offsets[i + 1]]
 
+    def letter_starts(self, i: int) -> np.ndarray:
+        return self.starts[self.start_offsets[i] : self.start_offsets[i + 1]]
+
     def widths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
     @classmethod
     def from_lines(cls, lines: list[RenderedLine]) -> LineStore:
         widths = [line.mask.shape[1] for line in lines]
+        starts = [np.zeros(0, np.float32) if line.starts is None else line.starts for line in lines]
         return cls(
             masks=np.concatenate([line.mask for line in lines], axis=1)
             if lines
@@ -53,6 +59,8 @@ class LineStore:
             writer_ids=[line.writer.id for line in lines],
             indices=np.array([int(line.key.rsplit("/", 1)[1]) for line in lines], dtype=np.int64),
             keys=[line.key for line in lines],
+            starts=np.concatenate(starts).astype(np.float32) if lines else np.zeros(0, np.float32),
+            start_offsets=np.concatenate([[0], np.cumsum([len(s) for s in starts])]).astype(np.int64),
         )
 
     def save(self, path: Path) -> None:
@@ -67,6 +75,8 @@ class LineStore:
                 writer_ids=np.array(self.writer_ids),
                 indices=self.indices,
                 keys=np.array(self.keys),
+                starts=self.starts,
+                start_offsets=self.start_offsets,
             )
         os.replace(partial, path)
 
@@ -80,6 +90,8 @@ class LineStore:
                 writer_ids=[str(w) for w in data["writer_ids"]],
                 indices=data["indices"],
                 keys=[str(k) for k in data["keys"]],
+                starts=data["starts"],  # a cache from before letter starts raises KeyError: drawn again
+                start_offsets=data["start_offsets"],
             )
 
 

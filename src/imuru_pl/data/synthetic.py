@@ -80,6 +80,7 @@ class RenderedLine:
     writer: Writer
     mask: np.ndarray  # uint8 (64, w), 255 = ink
     key: str  # stable id of this line (latent cache keys add "/clean" or "/paper")
+    starts: np.ndarray | None = None  # float32 px where each letter of `text` starts (`Pen.draw`)
 
     def clean_array(self) -> np.ndarray:
         return clean(self.mask, self.writer.style)
@@ -274,10 +275,10 @@ class SyntheticHandwriting:
             if not set(text) <= alphabet:
                 continue
             while text is not None:
-                mask = pen.mask(text, rng)
+                mask, starts = pen.draw(text, rng)
                 if self.max_width is None or mask.shape[1] <= self.max_width:
                     key = f"syn-{self.fingerprint}/{writer.id}/{index:05d}"
-                    return RenderedLine(text, writer, mask, key)
+                    return RenderedLine(" ".join(text.split()), writer, mask, key, starts)
                 text = drop_last_word(text)
         source = (
             f"the text file {self.source.path}" if isinstance(self.source, FileSource) else "the word list"
@@ -294,10 +295,10 @@ class SyntheticHandwriting:
         pen = self.pen(writer)
         pen.check(text)
         rng = np.random.default_rng(stable_seed(self.seed, "render", writer.id, text, seed))
-        mask = pen.mask(text, rng)
+        mask, starts = pen.draw(text, rng)
         text_id = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
         key = f"render-{self.fingerprint}/{writer.id}/{text_id}/{seed}"
-        return RenderedLine(text, writer, mask, key)
+        return RenderedLine(text, writer, mask, key, starts)
 
     def missing(self, text: str, writer: Writer | str) -> set[str]:
         """Characters of `text` the writer's font cannot draw."""

@@ -150,10 +150,8 @@ class CachedDecoder:
     def prefill(self, embeds: Tensor) -> Tensor:
         """Run the prefix (B, p, d) in one call; returns the last position's hidden state (B, 1, d)."""
         length = embeds.shape[1]
-        if length >= self.capacity:
-            raise ValueError(
-                f"prefix of {length} tokens leaves no room in a decoder of capacity {self.capacity}"
-            )
+        if length > self.capacity:
+            raise ValueError(f"a prefix of {length} tokens does not fit a decoder of capacity {self.capacity}")
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         out = self.decoder(
             inputs_embeds=embeds,

@@ -32,10 +32,18 @@ from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Stack
 
 from imuru_pl.errors import UserError
-from imuru_pl.models.alignment import ctc_loss, guided_attention_loss, stop_loss
+from imuru_pl.models.alignment import (
+    ctc_loss,
+    duration_loss,
+    durations_to_letters,
+    guided_attention_loss,
+    letter_durations,
+    letter_phase,
+    stop_loss,
+)
 from imuru_pl.models.generation import CachedDecoder, StopRule, StopTracker
 from imuru_pl.models.style_encoders import STYLE_ENCODERS, build_style_encoder
-from imuru_pl.models.tokenizer import VOCAB_SIZE
+from imuru_pl.models.tokenizer import BYTE_OFFSET, VOCAB_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +80,16 @@ def sinusoids(length: int, channels: int) -> Tensor:
     table[:, 0::2] = torch.sin(position * rates)
     table[:, 1::2] = torch.cos(position * rates[: channels // 2])
     return table
+
+
+@dataclass
+class LetterPlan:
+    """Generation with `aligned_letters`: the letters each decoder step draws, planned before the first."""
+
+    inputs: Tensor  # (B, steps, d): each step's letter inputs (`Imuru.letter_inputs`)
+    lengths: Tensor  # (B,) planned columns of each line
+    steps: int  # decoder steps to run (the longest line's)
+    stopped: Tensor  # (B,) bool: the planned line fits under the column cap
 
 
 @dataclass
@@ -127,6 +145,8 @@ class Imuru(nn.Module):
         stop_head_threshold: float = 0.5,
         ctc_weight: float = 0.0,
         position_embeddings: bool = False,
+        aligned_letters: bool = False,
+        duration_loss_weight: float = 1.0,
     ):
         super().__init__()
         if str(style_enc).lower() not in STYLE_ENCODERS:
@@ -146,7 +166,8 @@ class Imuru(nn.Module):
             raise UserError(f"reduction_factor (latent columns per decoder step) must be at least 1, "
                             f"got {reduction_factor}.")
         for name, value in (("guided_attention_weight", guided_attention_weight),
-                            ("stop_loss_weight", stop_loss_weight), ("ctc_weight", ctc_weight)):
+                            ("stop_loss_weight", stop_loss_weight), ("ctc_weight", ctc_weight),
+                            ("duration_loss_weight", duration_loss_weight)):
             if value < 0:
                 raise UserError(f"{name} is a loss weight and cannot be negative, got {value}.")
         if guided_attention_sigma <= 0:
@@ -169,6 +190,8 @@ class Imuru(nn.Module):
         self.stop_head_threshold = float(stop_head_threshold)
         self.ctc_weight = float(ctc_weight)
         self.position_embeddings = bool(position_embeddings)
+        self.aligned_letters = bool(aligned_letters)
+        self.duration_loss_weight = float(duration_loss_weight)
 
         d_model = self.t5_settings["d_model"]
         r = self.reduction_factor
@@ -194,6 +217,12 @@ class Imuru(nn.Module):
             self.text_position_scale = nn.Parameter(torch.ones(()))
             self.column_position_scale = nn.Parameter(torch.ones(()))
             self.register_buffer("position_table", sinusoids(MAX_POSITIONS, d_model), persistent=False)
+        if self.aligned_letters:  # each step is told its letter; a duration head plans the letters' widths
+            self.letter_proj = nn.Linear(d_model, d_model)
+            self.phase_proj = nn.Linear(2, d_model)
+            self.style_columns = nn.Conv1d(LATENT_CHANNELS, d_model // 2, kernel_size=5, padding=2)
+            self.style_summary = nn.Linear(d_model, d_model)
+            self.duration_head = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, 1))
 
         # The VAE's numbers travel with the weights (state_dict, checkpoints). An all-zero padding
         # latent and a NaN threshold mean "not known yet".
@@ -303,21 +332,30 @@ class Imuru(nn.Module):
         style_mask: Tensor,
         target: Tensor,
         target_mask: Tensor,
+        letter_index: Tensor | None = None,
     ) -> ImuruOutput:
         """Teacher-forced prediction of every target column, its masked MSE (normalised space) and the
-        enabled auxiliary losses. `target_mask` is `target_mask(lengths, n)`: true columns + trailing blanks."""
+        enabled auxiliary losses. `target_mask` is `target_mask(lengths, n)`: true columns + trailing blanks.
+        `letter_index` (B, n), with `aligned_letters` only: the text token each target column draws
+        (`alignment.column_letters`)."""
         r = self.reduction_factor
         batch, width, channels = target.shape
         if width % r:
             raise UserError(f"The target has {width} columns, not a multiple of reduction_factor {r}; "
                             "extend it with pad_target.")
+        if self.aligned_letters and (letter_index is None or letter_index.shape != target.shape[:2]):
+            raise UserError("model.aligned_letters needs the letter of every target column: pass letter_index "
+                            "(B, n) from imuru_pl.models.alignment.batch_letters or column_letters.")
         encoded = self.encode_text(text_ids, text_mask)
         prefix, prefix_mask = self.style_prefix(style, style_mask)
         clean = self.normalise(target)
         shifted = clean.reshape(batch, width // r, r * channels)[:, :-1]
         if self.training and self.label_noise > 0:
             shifted = shifted + torch.randn_like(shifted) * self.label_noise
-        embeds = torch.cat([prefix, self._sos(batch), self.embed_columns(shifted)], dim=1)
+        written = torch.cat([self._sos(batch), self.embed_columns(shifted)], dim=1)
+        if self.aligned_letters:
+            written = written + self.letter_inputs(encoded, letter_index, text_mask)
+        embeds = torch.cat([prefix, written], dim=1)
         mask = torch.cat([prefix_mask, prefix_mask.new_ones(batch, width // r)], dim=1)
         guided = self.training and self.guided_attention_weight > 0
         with self._cross_attention_weights(guided) as cross_attentions:
@@ -347,6 +385,13 @@ class Imuru(nn.Module):
             logits = self.ctc_proj(hidden).reshape(batch, width, VOCAB_SIZE)
             losses["ctc"] = ctc_loss(logits, lengths, text_ids)
             loss = loss + self.ctc_weight * losses["ctc"]
+        if self.aligned_letters:
+            written_columns = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+            own = torch.where(written_columns, letter_index, torch.full_like(letter_index, text_ids.shape[1]))
+            durations = letter_durations(own, text_ids.shape[1] + 1)[:, :-1]  # EOS and padding: not counted
+            predicted_durations = self.log_durations(encoded, style, style_mask)
+            losses["duration"] = duration_loss(predicted_durations, durations, text_ids)
+            loss = loss + self.duration_loss_weight * losses["duration"]
         return ImuruOutput(loss=loss, prediction=self.denormalise(predicted), losses=losses)
 
     @contextmanager
@@ -376,6 +421,33 @@ class Imuru(nn.Module):
         if self.position_embeddings:
             embeds = embeds + self.column_position_scale * self._positions(start, groups.shape[1]).to(embeds)
         return embeds
+
+    def letter_inputs(self, encoded: Tensor, letter_index: Tensor, text_mask: Tensor) -> Tensor:
+        """(B, n) letter of each column -> (B, n / r, d): per decoder step, its letters' encoder states and
+        places inside them (averaged over the step's r columns), added to the step's input."""
+        batch, columns = letter_index.shape
+        d_model, r = encoded.shape[-1], self.reduction_factor
+        letters = encoded.gather(1, letter_index[..., None].expand(-1, -1, d_model))
+        eos = text_mask.sum(1) - 1
+        phase = letter_phase(letter_index, encoded.shape[1], eos).to(encoded.dtype)
+        inputs = self.letter_proj(letters) + self.phase_proj(phase)
+        return inputs.reshape(batch, columns // r, r, d_model).mean(dim=2)
+
+    def log_durations(self, encoded: Tensor, style: Tensor, style_mask: Tensor) -> Tensor:
+        """(B, L) predicted log(1 + columns) of each text token, from its encoder state and a summary of the
+        style columns: a convolution over 5 neighbouring columns (40 px, about two letters: how dense the
+        hand writes), averaged and max-pooled over the style line."""
+        mask = style_mask[:, None, :].to(style.dtype)
+        columns = self.normalise(style).transpose(1, 2) * mask  # padding read as zeros, as past a line's end
+        features = torch.relu(self.style_columns(columns)) * mask
+        mean = features.sum(-1) / mask.sum(-1).clamp_min(1.0)
+        summary = self.style_summary(torch.cat([mean, features.amax(-1)], dim=-1))
+        return self.duration_head(encoded + summary[:, None]).squeeze(-1)
+
+    def letter_widths(self, encoded: Tensor, text_ids: Tensor, style: Tensor, style_mask: Tensor) -> Tensor:
+        """(B, L) long: the planned width in columns of each text token (0 for EOS and padding)."""
+        widths = torch.expm1(self.log_durations(encoded, style, style_mask)).round().clamp_min(0).long()
+        return torch.where(text_ids >= BYTE_OFFSET, widths, torch.zeros_like(widths))
 
     def encode_text(self, text_ids: Tensor, text_mask: Tensor) -> Tensor:
         embeds = self.encoder.embed_tokens(text_ids)
@@ -420,19 +492,23 @@ class Imuru(nn.Module):
 
         Returns raw latent columns (B, n, 8) and lengths (B,): with a stop rule, each sample ends
         after its last non-blank column (columns beyond are the padding latent); without one
-        (`stop=None`), every sample has `max_new_columns` columns. `return_stopped` adds (B,) bool:
-        the samples that stopped by themselves rather than at the column cap.
+        (`stop=None`), every sample has `max_new_columns` columns. With `aligned_letters` the planned
+        letter widths decide each length instead (`stop` is not consulted). `return_stopped` adds (B,)
+        bool: the samples that stopped by themselves rather than at the column cap.
         """
         steps, rule = self._generation_setup(style_mask, max_new_columns, stop)
         r = self.reduction_factor
-        decoder_steps = -(-steps // r)
         with self._eval_mode():
             encoded = self.encode_text(text_ids, text_mask)
             prefix, prefix_mask = self.style_prefix(style, style_mask)
             batch = prefix.shape[0]
+            plan = self._letter_plan(encoded, text_ids, text_mask, style, style_mask, steps)
+            if plan is not None:  # the planned widths decide where each line ends
+                rule, stop = None, None
+            decoder_steps = plan.steps if plan is not None else -(-steps // r)
             self_mask = torch.cat([prefix_mask, prefix_mask.new_ones(batch, decoder_steps)], dim=1)
             decoder = CachedDecoder(self.decoder, encoded, text_mask.bool(), self_mask)
-            hidden = decoder.prefill(torch.cat([prefix, self._sos(batch)], dim=1))
+            hidden = decoder.prefill(torch.cat([prefix, self._sos(batch) + self._step_letters(plan, 0)], dim=1))
             tracker = StopTracker(batch, decoder_steps * r, LATENT_CHANNELS, rule, like=prefix)
             check_every = 1 if prefix.device.type == "cpu" else 16  # a check syncs an accelerator
             done_steps = 0
@@ -442,9 +518,38 @@ class Imuru(nn.Module):
                 done_steps += 1
                 if done_steps >= decoder_steps or (done_steps % check_every == 0 and tracker.all_done()):
                     break
-                hidden = decoder.step(self.embed_columns(group, start=done_steps))
-            columns, lengths = self._crop(*tracker.result(), steps)
-            return (columns, lengths, tracker.stopped()) if return_stopped else (columns, lengths)
+                step_input = self.embed_columns(group, start=done_steps) + self._step_letters(plan, done_steps)
+                hidden = decoder.step(step_input)
+            columns, lengths, stopped = self._finish(tracker, plan, steps)
+            return (columns, lengths, stopped) if return_stopped else (columns, lengths)
+
+    def _letter_plan(self, encoded: Tensor, text_ids: Tensor, text_mask: Tensor, style: Tensor,
+                     style_mask: Tensor, columns: int) -> LetterPlan | None:
+        """With `aligned_letters`: the planned letters of every decoder step (inputs precomputed once) and
+        each line's planned length; None otherwise."""
+        if not self.aligned_letters:
+            return None
+        widths = self.letter_widths(encoded, text_ids, style, style_mask)
+        planned = widths.sum(1)
+        lengths = planned.clamp_max(columns)
+        steps = max(1, -(-int(lengths.max()) // self.reduction_factor))
+        letters = durations_to_letters(widths, text_mask, steps * self.reduction_factor)
+        return LetterPlan(self.letter_inputs(encoded, letters, text_mask), lengths, steps, planned <= columns)
+
+    @staticmethod
+    def _step_letters(plan: LetterPlan | None, step: int) -> Tensor | float:
+        return 0.0 if plan is None else plan.inputs[:, step : step + 1]
+
+    def _finish(self, tracker: StopTracker, plan: LetterPlan | None, steps: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Columns (B, n, 8), lengths and stopped flags of a finished generation."""
+        columns, lengths = self._crop(*tracker.result(), steps)
+        if plan is None:
+            return columns, lengths, tracker.stopped()
+        lengths = plan.lengths.clamp_max(columns.shape[1])
+        if self.has_padding_latent:  # as with a stop rule: columns past a line's end are the padding latent
+            past = torch.arange(columns.shape[1], device=columns.device)[None, :] >= lengths[:, None]
+            columns = torch.where(past[..., None], self.padding_latent.to(columns), columns)
+        return columns, lengths, plan.stopped
 
     def _track(self, tracker: StopTracker, group: Tensor, hidden: Tensor, stop: StopArg) -> None:
         """Hand the r columns of one decoder step (and the stop head's verdicts) to the tracker."""
@@ -477,15 +582,22 @@ class Imuru(nn.Module):
         """
         steps, rule = self._generation_setup(style_mask, max_new_columns, stop)
         r = self.reduction_factor
-        decoder_steps = -(-steps // r)
         with self._eval_mode():
             batch = text_ids.shape[0]
+            plan = self._letter_plan(self.encode_text(text_ids, text_mask), text_ids, text_mask, style,
+                                     style_mask, steps)
+            if plan is not None:
+                rule, stop = None, None
+            decoder_steps = plan.steps if plan is not None else -(-steps // r)
             tracker = StopTracker(batch, decoder_steps * r, LATENT_CHANNELS, rule, like=style)
             written = style.new_zeros(batch, 0, r * LATENT_CHANNELS)  # normalised groups of r columns
-            for _ in range(decoder_steps):
+            for step in range(decoder_steps):
                 encoded = self.encode_text(text_ids, text_mask)
                 prefix, prefix_mask = self.style_prefix(style, style_mask)
-                embeds = torch.cat([prefix, self._sos(batch), self.embed_columns(written)], dim=1)
+                columns = torch.cat([self._sos(batch), self.embed_columns(written)], dim=1)
+                if plan is not None:
+                    columns = columns + plan.inputs[:, : step + 1]
+                embeds = torch.cat([prefix, columns], dim=1)
                 mask = torch.cat([prefix_mask, prefix_mask.new_ones(batch, written.shape[1] + 1)], dim=1)
                 hidden = self.decoder(
                     inputs_embeds=embeds,
@@ -499,7 +611,8 @@ class Imuru(nn.Module):
                 if tracker.all_done():
                     break
                 written = torch.cat([written, group], dim=1)
-            return self._crop(*tracker.result(), steps)
+            columns, lengths, _ = self._finish(tracker, plan, steps)
+            return columns, lengths
 
     def _generation_setup(
         self, style_mask: Tensor, max_new_columns: int | None, stop: StopArg
@@ -557,6 +670,8 @@ class Imuru(nn.Module):
             "stop_head_threshold": self.stop_head_threshold,
             "ctc_weight": self.ctc_weight,
             "position_embeddings": self.position_embeddings,
+            "aligned_letters": self.aligned_letters,
+            "duration_loss_weight": self.duration_loss_weight,
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
