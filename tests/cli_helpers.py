@@ -1,8 +1,15 @@
-"""Helpers shared by tests that drive the command line: the repo, a tiny training run, run.py in a subprocess."""
+"""Helpers shared by tests that drive the command line: the repo, a tiny training run, run.py in a subprocess
+(waited for or in the background), and the config run.py would compose."""
 
+from __future__ import annotations
+
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +42,32 @@ TINY_TRAIN = [
 ]
 
 
-def run_cli(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python run.py <overrides>` in a subprocess with the test environment (one thread, offline)."""
+def env(**extra: str) -> dict[str, str]:
+    """The test environment for a child process: one thread, offline, the repository as project root."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "IMURU_PL_ROOT": str(REPO),
+        **extra,
+    }
+
+
+def run_cli(*overrides: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
+    """`python run.py <overrides>` in a subprocess with the test environment; returns the finished process."""
     return subprocess.run([sys.executable, str(REPO / "run.py"), *overrides], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=REPO, env=env(**extra_env), check=False)
+
+
+def start_cli(*overrides: str, log: Path, **extra_env: str) -> subprocess.Popen:
+    """`python run.py <overrides>` started in the background, output into `log`."""
+    handle = open(log, "w")  # noqa: SIM115 - closed by the caller through the process object
+    return subprocess.Popen([sys.executable, str(REPO / "run.py"), *overrides], stdout=handle,
+                            stderr=subprocess.STDOUT, cwd=REPO, env=env(**extra_env))
+
+
+def compose_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config run.py would build for `overrides`, with the output directory given explicitly."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("run", overrides=[*overrides, f"paths.output_dir={output_dir}"])

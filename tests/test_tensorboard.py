@@ -3,18 +3,16 @@ as text, the HParams entry with final metrics) and what the console shows (confi
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_TRAIN = [
+# Its own tiny run (not cli_helpers.TINY_TRAIN): held-out evaluation with OCR, images and scalars every few steps.
+LOGGED_RUN = [
     "task=train",
     "data.lines_per_writer={train:8,val:4,test:4}",
     "data.writers_per_font=3",
@@ -33,15 +31,10 @@ TINY_TRAIN = [
 STAGES = ("train/", "val/", "eval/", "curve/")
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("tb_run")
-    proc = subprocess.run([sys.executable, "run.py", *TINY_TRAIN, f"hydra.run.dir={out}"], check=False, cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = run_cli(*LOGGED_RUN, f"hydra.run.dir={out}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
 
@@ -113,8 +106,7 @@ def test_console_shows_config_tree_and_output_dir(run):
 
 
 def test_cfg_flag_prints_no_tree():
-    proc = subprocess.run([sys.executable, "run.py", "--cfg", "job", "task=train"], check=False, cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = run_cli("--cfg", "job", "task=train", timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "task_name: train" in proc.stdout
     assert "├──" not in proc.stdout and "Output directory" not in proc.stdout
