@@ -49,6 +49,7 @@ def four_versions(pipeline: ImuruPipeline, batch) -> dict[str, list]:
     forced = model(text_ids, text_mask, style, style_mask, target, target_mask, letters).prediction
     forced = vae.decode(forced)
     reconstructed = vae.decode(target)
+
     def crop(images):
         return [tensor_to_image(images[i, :, :, : 8 * n]) for i, n in enumerate(counts.tolist())]
 

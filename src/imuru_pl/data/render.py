@@ -189,12 +189,9 @@ class Pen:
                 f"The font {self.family.name} cannot write {''.join(sorted(missing))!r} in the text {text!r}."
             )
 
-    def mask(self, text: str, rng: np.random.Generator) -> np.ndarray:
-        """Ink coverage (uint8, 64 x w, 255 = ink) of `text`; `rng` moves words off the baseline a little."""
-        return self.draw(text, rng)[0]
-
     def draw(self, text: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """The ink mask of `text` and where each of its letters starts.
+        """The ink coverage of `text` (uint8, 64 x w, 255 = ink; `rng` moves words off the baseline a little)
+        and where each of its letters starts.
 
         Letter starts (float32, one per character of `" ".join(text.split())`, spaces included) are the pen
         positions on the baseline in px of the final mask: letter i owns the columns from its start to the

@@ -49,7 +49,7 @@ class LineStore:
     @classmethod
     def from_lines(cls, lines: list[RenderedLine]) -> LineStore:
         widths = [line.mask.shape[1] for line in lines]
-        starts = [np.zeros(0, np.float32) if line.starts is None else line.starts for line in lines]
+        starts = [line.starts for line in lines]
         return cls(
             masks=np.concatenate([line.mask for line in lines], axis=1)
             if lines

@@ -80,7 +80,7 @@ class RenderedLine:
     writer: Writer
     mask: np.ndarray  # uint8 (64, w), 255 = ink
     key: str  # stable id of this line (latent cache keys add "/clean" or "/paper")
-    starts: np.ndarray | None = None  # float32 px where each letter of `text` starts (`Pen.draw`)
+    starts: np.ndarray  # float32 px where each letter of `text` starts (`Pen.draw`)
 
     def clean_array(self) -> np.ndarray:
         return clean(self.mask, self.writer.style)

@@ -87,10 +87,10 @@ def ctc_loss(logits: Tensor, lengths: Tensor, text_ids: Tensor) -> Tensor:
                       blank=PAD_ID, reduction="mean", zero_infinity=True)
 
 
-
 # -- aligned letters: the text-to-column alignment given by the renderer, predicted at generation -------
 
 BLANK_COLUMNS = 10.0  # the width the blank columns after a line's text count as in `letter_phase`
+
 
 def column_letters(starts: Sequence[Tensor], texts: Sequence[str], lengths: Tensor, width: int) -> Tensor:
     """(B, width) long: the text token each latent column draws; columns past a line's own -> its EOS token.
