@@ -7,7 +7,10 @@ Columns: steps and training minutes, CER of generated lines for held-out (test) 
 CER of the real renders of the same held-out texts, HWD (relative: random backbone), stop rate and width error
 of held-out lines, and the command (the run's overrides). `--at-step N` adds the learning curve at step N
 (held-out validation writers: CER, stop rate, width error), the fair comparison between runs that shared
-the CPU with other work and so reached different step counts in equal minutes.
+the CPU with other work and so reached different step counts in equal minutes. `--families` adds a second
+table: per font family (writer ids `<family>-<n>`) of the held-out lines, the width of each generated image
+(`heldout/generated`, trailing blank columns cropped) against its real render (`heldout/real`): the mean
+signed error (positive: too wide), the mean absolute error and the share within 15 %.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from PIL import Image
 
 
 def curve(run: Path) -> list[dict[str, float | None]]:
@@ -47,10 +51,28 @@ def row(run: Path, at_step: int | None) -> str:
     return "| " + " | ".join(cells + [f"`{command}`"]) + " |"
 
 
+def family_widths(run: Path) -> list[str]:
+    """Rows of the per-family width table for one run."""
+    errors: dict[str, list[float]] = {}
+    for generated in sorted((run / "heldout" / "generated").glob("*/*.png")):
+        real = run / "heldout" / "real" / generated.parent.name / generated.name
+        with Image.open(generated) as fake_image, Image.open(real) as real_image:
+            error = fake_image.width / real_image.width - 1.0
+        errors.setdefault(generated.parent.name.rsplit("-", 1)[0], []).append(error)
+    rows = []
+    for family, values in errors.items():
+        signed = sum(values) / len(values)
+        absolute = sum(abs(v) for v in values) / len(values)
+        within = sum(abs(v) <= 0.15 for v in values) / len(values)
+        rows.append(f"| {run.name} | {family} | {len(values)} | {signed:+.3f} | {absolute:.3f} | {within:.2f} |")
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--at-step", type=int, default=None)
+    parser.add_argument("--families", action="store_true", help="add the per-family width table")
     args = parser.parse_args()
     header = ["run", "steps", "minutes", "CER held-out", "CER seen", "CER real", "HWD", "stop rate",
               "width error"]
@@ -60,6 +82,11 @@ def main() -> int:
     print("|" + "---|" * (len(header) + 1))
     for run in args.runs:
         print(row(run, args.at_step))
+    if args.families:
+        print("\n| run | family | lines | width error, signed | absolute | within 15 % |")
+        print("|" + "---|" * 6)
+        for run in args.runs:
+            print("\n".join(family_widths(run)))
     return 0
 
 

@@ -28,9 +28,7 @@ from imuru_pl.data.image import tensor_to_image
 from imuru_pl.metrics.cer import cer
 from imuru_pl.metrics.evaluator import get_ocr
 from imuru_pl.metrics.settings import settings_from_config
-from imuru_pl.models.alignment import batch_letters
 from imuru_pl.models.latents import LatentEncoder
-from imuru_pl.models.tokenizer import encode_texts
 from imuru_pl.pipeline import ImuruPipeline, write_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,14 +39,9 @@ BATCH = 16
 def four_versions(pipeline: ImuruPipeline, batch) -> dict[str, list]:
     model, vae = pipeline.model, pipeline.vae
     latents = LatentEncoder(vae)
-    style, style_mask = latents.style(batch.style, batch.style_widths, sample=False)
-    target, counts = latents.target(batch.target, batch.target_widths, sample=False)
-    target, target_mask = model.pad_target(target, counts)
-    text_ids, text_mask = encode_texts(batch.texts)
-    letters = batch_letters(batch, counts, target.shape[1]) if model.aligned_letters else None
-    forced = model(text_ids, text_mask, style, style_mask, target, target_mask, letters).prediction
-    forced = vae.decode(forced)
-    reconstructed = vae.decode(target)
+    inputs, counts = latents.model_inputs(model, batch, sample=False)
+    forced = vae.decode(model(**inputs).prediction)
+    reconstructed = vae.decode(inputs["target"])
 
     def crop(images):
         return [tensor_to_image(images[i, :, :, : 8 * n]) for i, n in enumerate(counts.tolist())]

@@ -70,6 +70,11 @@ def tiny_model(**kwargs) -> Imuru:
                  aligned_letters=True, position_embeddings=True, **kwargs)
 
 
+def durations(model: Imuru, encoded, style, style_mask):
+    """The duration head's log(1 + columns) per text token for these style columns."""
+    return model.log_durations(encoded, model.writer_summary(style, style_mask)[0])
+
+
 def training_batch(model: Imuru):
     gen = torch.Generator().manual_seed(1)
     ids, text_mask = encode_texts(TEXTS)
@@ -108,11 +113,11 @@ def test_aligned_prediction_is_the_same_alone_or_in_a_padded_batch(r):
                           style_mask[i:i + 1, :s],
                           target[i:i + 1, :w], own_mask, letters[i:i + 1, :w])
             torch.testing.assert_close(together[i, :w], alone.prediction[0], atol=1e-5, rtol=0)
-        batched = model.log_durations(model.encode_text(ids, text_mask), style, style_mask)
+        batched = durations(model, model.encode_text(ids, text_mask), style, style_mask)
         for i in range(3):
             t, s = int(text_mask[i].sum()), int(style_mask[i].sum())
             encoded = model.encode_text(ids[i:i + 1, :t], text_mask[i:i + 1, :t])
-            own = model.log_durations(encoded, style[i:i + 1, :s], style_mask[i:i + 1, :s])
+            own = durations(model, encoded, style[i:i + 1, :s], style_mask[i:i + 1, :s])
             torch.testing.assert_close(batched[i, :t], own[0], atol=1e-5, rtol=0)
 
 
@@ -154,3 +159,57 @@ def test_batches_carry_letter_starts_only_when_every_sample_has_them():
     assert collate_lines([sample]).target_starts is None
     with_starts = collate_lines([{**sample, "target_starts": torch.tensor([4.0, 8.0])}])
     assert with_starts.target_starts[0].tolist() == [4, 8]
+
+
+def test_duration_dropout_acts_in_training_only_and_is_exported(tmp_path):
+    model = tiny_model(duration_dropout=0.5)
+    ids, text_mask, style, style_mask, *_ = training_batch(model)
+    encoded = model.encode_text(ids, text_mask).detach()
+    model.train()
+    first, second = (durations(model, encoded, style, style_mask) for _ in range(2))
+    assert not torch.equal(first, second), "dropout on the duration head's inputs changed nothing in training"
+    model.eval()
+    torch.testing.assert_close(durations(model, encoded, style, style_mask),
+                               durations(model, encoded, style, style_mask), atol=0, rtol=0)
+    again = Imuru.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert again.duration_dropout == 0.5
+    torch.testing.assert_close(durations(again, encoded, style, style_mask),
+                               durations(model, encoded, style, style_mask))
+    with pytest.raises(UserError, match="duration_dropout"):
+        tiny_model(duration_dropout=1.0)
+
+
+def test_letter_counter_learns_the_style_lines_letters_and_informs_the_plan(tmp_path):
+    model = tiny_model(reduction_factor=2, letter_count_weight=0.5).train()
+    batch = training_batch(model)
+    style_letters = torch.tensor([7, 12, 3])
+    out = model(*batch, style_letters=style_letters)
+    assert set(out.losses) == {"mse", "duration", "letter_count"}
+    torch.testing.assert_close(out.loss, out.losses["mse"] + out.losses["duration"]
+                               + 0.5 * out.losses["letter_count"])
+    out.loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"{name} got no gradient"
+    ids, text_mask, style, style_mask, *_ = batch
+    summary, counted = model.writer_summary(style, style_mask)
+    assert counted.shape == (3,) and bool((counted > 0).all())
+    expected = (torch.log1p(counted) - torch.log1p(style_letters.float())).pow(2).mean()
+    torch.testing.assert_close(out.losses["letter_count"], expected)
+    with pytest.raises(UserError, match="style_letters"):
+        model(*batch)
+    with pytest.raises(UserError, match="aligned_letters"):
+        Imuru(t5=TINY_T5, padding_latent=PAD, letter_count_weight=1.0)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)  # the count alone can be fitted
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss = model(*batch, style_letters=style_letters).losses["letter_count"]
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    assert torch.allclose(model.writer_summary(style, style_mask)[1], style_letters.float(), rtol=0.2)
+    again = Imuru.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert again.letter_count_weight == 0.5
+    first = model.generate(ids, text_mask, style, style_mask, max_new_columns=30)
+    second = again.generate(ids, text_mask, style, style_mask, max_new_columns=30)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))

@@ -14,6 +14,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from imuru_pl.data.batch import line_loader
+from imuru_pl.data.buckets import check_bucket_batches
 from imuru_pl.data.curriculum import check_curriculum, training_loader
 from imuru_pl.data.pairs import PAIRINGS, LinePairs, Pairing
 from imuru_pl.data.store import LineStore, cached_split
@@ -55,6 +56,7 @@ class LineDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         latent_cache: bool = False,
         curriculum: dict | None = None,
+        bucket_batches: int = 0,
         style: dict | None = None,
     ):
         super().__init__()
@@ -80,6 +82,7 @@ class LineDataModule(L.LightningDataModule):
         )
         self.cache_dir, self.latent_cache = cache_dir, bool(latent_cache)
         self.curriculum = check_curriculum(curriculum)
+        self.bucket_batches = check_bucket_batches(bucket_batches)
         self.data = SyntheticHandwriting(
             seed=self.seed,
             fonts=fonts,

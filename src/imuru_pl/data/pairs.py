@@ -42,6 +42,12 @@ class LinePairs(Dataset):
         """The target text of every item, in order."""
         return self.store.texts
 
+    @property
+    def pixel_widths(self) -> np.ndarray:
+        """(N, 2) px width of every item's style image and target."""
+        widths = self.store.widths()
+        return np.stack([widths[self.partners], widths], axis=1)
+
     def __getitem__(self, i: int) -> LineSample:
         store, j = self.store, int(self.partners[i])
         writer = self.writers[store.writer_ids[i]]

@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from imuru_pl.data.batch import LINE_HEIGHT, LineSample, line_loader
+from imuru_pl.data.buckets import check_bucket_batches
 from imuru_pl.data.curriculum import check_curriculum, training_loader
 from imuru_pl.data.image import MIN_SOURCE_HEIGHT, load_line
 from imuru_pl.data.pairs import PAIRINGS, Pairing, style_partners
@@ -189,6 +190,12 @@ class RealPairs(Dataset):
         """The target text of every item, in order."""
         return [self.pool.records[row].text for row in self.targets]
 
+    @property
+    def pixel_widths(self) -> np.ndarray:
+        """(N, 2) px width at 64 px high of every item's style image and target (from the image headers)."""
+        rows = np.asarray(self.targets, dtype=np.int64)
+        return np.stack([self.pool.widths[self.partners[rows]], self.pool.widths[rows]], axis=1)
+
     def record(self, i: int) -> LineRecord:
         return self.pool.records[self.targets[i]]
 
@@ -240,6 +247,7 @@ class RealLineDataModule(L.LightningDataModule):
         num_workers: int = 0,
         latent_cache: bool = False,
         curriculum: dict | None = None,
+        bucket_batches: int = 0,
     ):
         super().__init__()
         if not root:
@@ -263,6 +271,7 @@ class RealLineDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.num_workers, self.latent_cache = int(num_workers), bool(latent_cache)
         self.curriculum = check_curriculum(curriculum)
+        self.bucket_batches = check_bucket_batches(bucket_batches)
         self._datasets: dict[str, RealPairs] | None = None
         self.train_dataset: RealPairs | None = None
         self.val_dataset: RealPairs | None = None

@@ -147,6 +147,8 @@ class Imuru(nn.Module):
         position_embeddings: bool = False,
         aligned_letters: bool = False,
         duration_loss_weight: float = 1.0,
+        duration_dropout: float = 0.0,
+        letter_count_weight: float = 0.0,
     ):
         super().__init__()
         if str(style_enc).lower() not in STYLE_ENCODERS:
@@ -167,9 +169,15 @@ class Imuru(nn.Module):
                             f"got {reduction_factor}.")
         for name, value in (("guided_attention_weight", guided_attention_weight),
                             ("stop_loss_weight", stop_loss_weight), ("ctc_weight", ctc_weight),
-                            ("duration_loss_weight", duration_loss_weight)):
+                            ("duration_loss_weight", duration_loss_weight),
+                            ("letter_count_weight", letter_count_weight)):
             if value < 0:
                 raise UserError(f"{name} is a loss weight and cannot be negative, got {value}.")
+        if not 0.0 <= duration_dropout < 1.0:
+            raise UserError(f"duration_dropout is a probability in [0, 1), got {duration_dropout}.")
+        if letter_count_weight > 0 and not aligned_letters:
+            raise UserError("letter_count_weight counts the style line's letters for the duration head: it needs "
+                            "aligned_letters=true.")
         if guided_attention_sigma <= 0:
             raise UserError(f"guided_attention_sigma must be positive, got {guided_attention_sigma}.")
         if not 0.0 < stop_head_threshold < 1.0:
@@ -192,6 +200,8 @@ class Imuru(nn.Module):
         self.position_embeddings = bool(position_embeddings)
         self.aligned_letters = bool(aligned_letters)
         self.duration_loss_weight = float(duration_loss_weight)
+        self.duration_dropout = float(duration_dropout)
+        self.letter_count_weight = float(letter_count_weight)
 
         d_model = self.t5_settings["d_model"]
         r = self.reduction_factor
@@ -223,6 +233,9 @@ class Imuru(nn.Module):
             self.style_columns = nn.Conv1d(LATENT_CHANNELS, d_model // 2, kernel_size=5, padding=2)
             self.style_summary = nn.Linear(d_model, d_model)
             self.duration_head = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, 1))
+        if self.letter_count_weight > 0:  # letters per style column -> the hand's columns per letter
+            self.letter_density = nn.Linear(d_model // 2, 1)
+            self.columns_per_letter_proj = nn.Linear(1, d_model)
 
         # The VAE's numbers travel with the weights (state_dict, checkpoints). An all-zero padding
         # latent and a NaN threshold mean "not known yet".
@@ -333,16 +346,21 @@ class Imuru(nn.Module):
         target: Tensor,
         target_mask: Tensor,
         letter_index: Tensor | None = None,
+        style_letters: Tensor | None = None,
     ) -> ImuruOutput:
         """Teacher-forced prediction of every target column, its masked MSE (normalised space) and the
         enabled auxiliary losses. `target_mask` is `target_mask(lengths, n)`: true columns + trailing blanks.
         `letter_index` (B, n), with `aligned_letters` only: the text token each target column draws
-        (`alignment.column_letters`)."""
+        (`alignment.column_letters`). `style_letters` (B,), with `letter_count_weight` only: the number of
+        characters of each style line's text (training only: generation counts them itself)."""
         r = self.reduction_factor
         batch, width, channels = target.shape
         if width % r:
             raise UserError(f"The target has {width} columns, not a multiple of reduction_factor {r}; "
                             "extend it with pad_target.")
+        if self.letter_count_weight > 0 and (style_letters is None or style_letters.shape != target.shape[:1]):
+            raise UserError("model.letter_count_weight needs the number of characters of each style line: pass "
+                            "style_letters (B,), e.g. from LatentEncoder.model_inputs.")
         if self.aligned_letters and (letter_index is None or letter_index.shape != target.shape[:2]):
             raise UserError("model.aligned_letters needs the letter of every target column: pass letter_index "
                             "(B, n) from imuru_pl.models.alignment.batch_letters or column_letters.")
@@ -389,9 +407,13 @@ class Imuru(nn.Module):
             written_columns = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
             own = torch.where(written_columns, letter_index, torch.full_like(letter_index, text_ids.shape[1]))
             durations = letter_durations(own, text_ids.shape[1] + 1)[:, :-1]  # EOS and padding: not counted
-            predicted_durations = self.log_durations(encoded, style, style_mask)
-            losses["duration"] = duration_loss(predicted_durations, durations, text_ids)
+            summary, counted = self.writer_summary(style, style_mask)
+            losses["duration"] = duration_loss(self.log_durations(encoded, summary), durations, text_ids)
             loss = loss + self.duration_loss_weight * losses["duration"]
+            if counted is not None:
+                wanted = torch.log1p(style_letters.to(counted))
+                losses["letter_count"] = (torch.log1p(counted) - wanted).pow(2).mean()
+                loss = loss + self.letter_count_weight * losses["letter_count"]
         return ImuruOutput(loss=loss, prediction=self.denormalise(predicted), losses=losses)
 
     @contextmanager
@@ -433,20 +455,37 @@ class Imuru(nn.Module):
         inputs = self.letter_proj(letters) + self.phase_proj(phase)
         return inputs.reshape(batch, columns // r, r, d_model).mean(dim=2)
 
-    def log_durations(self, encoded: Tensor, style: Tensor, style_mask: Tensor) -> Tensor:
-        """(B, L) predicted log(1 + columns) of each text token, from its encoder state and a summary of the
-        style columns: a convolution over 5 neighbouring columns (40 px, about two letters: how dense the
-        hand writes), averaged and max-pooled over the style line."""
+    def writer_summary(self, style: Tensor, style_mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(B, d) what the duration head knows of the hand: a convolution over 5 neighbouring style columns
+        (40 px, about two letters: how dense the hand writes), averaged and max-pooled over the style line.
+        With `letter_count_weight`, also (B,) the letters the style line is predicted to hold (a density
+        per column, summed); the summary then carries log(columns per letter), computed from that count
+        but not training it (only the count's own loss does)."""
         mask = style_mask[:, None, :].to(style.dtype)
         columns = self.normalise(style).transpose(1, 2) * mask  # padding read as zeros, as past a line's end
         features = torch.relu(self.style_columns(columns)) * mask
+        counted = None
+        if self.letter_count_weight > 0:
+            density = nn.functional.softplus(self.letter_density(features.transpose(1, 2))).squeeze(-1)
+            counted = (density * mask[:, 0]).sum(-1)
+        features = nn.functional.dropout(features, self.duration_dropout, self.training)
         mean = features.sum(-1) / mask.sum(-1).clamp_min(1.0)
         summary = self.style_summary(torch.cat([mean, features.amax(-1)], dim=-1))
-        return self.duration_head(encoded + summary[:, None]).squeeze(-1)
+        if counted is not None:
+            per_letter = mask.sum(-1) / counted.detach().clamp_min(0.5)[:, None]  # (B, 1) columns per letter
+            summary = summary + self.columns_per_letter_proj(torch.log(per_letter))
+        return summary, counted
+
+    def log_durations(self, encoded: Tensor, summary: Tensor) -> Tensor:
+        """(B, L) predicted log(1 + columns) of each text token, from its encoder state and the hand's
+        `writer_summary`."""
+        inputs = nn.functional.dropout(encoded + summary[:, None], self.duration_dropout, self.training)
+        return self.duration_head(inputs).squeeze(-1)
 
     def letter_widths(self, encoded: Tensor, text_ids: Tensor, style: Tensor, style_mask: Tensor) -> Tensor:
         """(B, L) long: the planned width in columns of each text token (0 for EOS and padding)."""
-        widths = torch.expm1(self.log_durations(encoded, style, style_mask)).round().clamp_min(0).long()
+        summary, _ = self.writer_summary(style, style_mask)
+        widths = torch.expm1(self.log_durations(encoded, summary)).round().clamp_min(0).long()
         return torch.where(text_ids >= BYTE_OFFSET, widths, torch.zeros_like(widths))
 
     def encode_text(self, text_ids: Tensor, text_mask: Tensor) -> Tensor:
@@ -672,6 +711,8 @@ class Imuru(nn.Module):
             "position_embeddings": self.position_embeddings,
             "aligned_letters": self.aligned_letters,
             "duration_loss_weight": self.duration_loss_weight,
+            "duration_dropout": self.duration_dropout,
+            "letter_count_weight": self.letter_count_weight,
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

@@ -15,10 +15,8 @@ from torch import Tensor
 
 from imuru_pl.data.batch import LineBatch
 from imuru_pl.errors import UserError
-from imuru_pl.models.alignment import batch_letters
 from imuru_pl.models.imuru import Imuru
 from imuru_pl.models.latents import LatentEncoder
-from imuru_pl.models.tokenizer import encode_texts
 from imuru_pl.models.vae import LineVAE
 from imuru_pl.pipeline import write_lines
 
@@ -47,16 +45,7 @@ class ImuruModule(L.LightningModule):
     # -- one shared step ------------------------------------------------------------------------
     def _inputs(self, batch: LineBatch) -> dict[str, Tensor]:
         self._vae_on_device()
-        sample = self.training
-        style, style_mask = self.latents.style(batch.style, batch.style_widths, batch.style_keys, sample)
-        target, counts = self.latents.target(batch.target, batch.target_widths, batch.target_keys, sample)
-        target, target_mask = self.model.pad_target(target, counts)  # + trailing blank columns
-        text_ids, text_mask = encode_texts(batch.texts)
-        inputs = dict(text_ids=text_ids.to(self.device), text_mask=text_mask.to(self.device),
-                      style=style, style_mask=style_mask, target=target, target_mask=target_mask)
-        if self.model.aligned_letters:  # the renderer's letter starts; real lines: spread evenly
-            inputs["letter_index"] = batch_letters(batch, counts, target.shape[1]).to(self.device)
-        return inputs
+        return self.latents.model_inputs(self.model, batch, sample=self.training)[0]
 
     def _step(self, batch: LineBatch, stage: str) -> Tensor:
         out = self.model(**self._inputs(batch))
