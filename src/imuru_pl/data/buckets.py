@@ -30,14 +30,6 @@ def check_bucket_batches(value) -> int:
     return k
 
 
-def line_sizes(dataset) -> np.ndarray:
-    """(N, 2) style and target width in px of every item of a line dataset (its `pixel_widths`)."""
-    widths = np.asarray(dataset.pixel_widths)
-    if widths.ndim != 2 or widths.shape[1] != 2:
-        raise UserError(f"A line dataset's pixel_widths must be (items, 2); got shape {widths.shape}.")
-    return widths
-
-
 def group_by_size(indices: np.ndarray, sizes: np.ndarray, batch_size: int,
                   rng: np.random.Generator) -> list[list[int]]:
     """`indices` cut into batches of `batch_size` lines of similar size, in random order.
@@ -62,7 +54,7 @@ class BucketBatchSampler(Sampler[list[int]]):
     size before it is cut into batches."""
 
     def __init__(self, sizes: np.ndarray, batch_size: int, bucket_batches: int, seed: int = 0):
-        """`sizes`: (N, 2) style and target widths of the items (`line_sizes`)."""
+        """`sizes`: (N, 2) style and target widths of the items (a line dataset's `pixel_widths`)."""
         if len(sizes) == 0:
             raise UserError("There are no training lines to draw batches from.")
         self.sizes = np.asarray(sizes)

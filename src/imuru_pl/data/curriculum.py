@@ -19,7 +19,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
 from imuru_pl.data.batch import collate_lines, line_loader
-from imuru_pl.data.buckets import BucketBatchSampler, group_by_size, line_sizes
+from imuru_pl.data.buckets import BucketBatchSampler, group_by_size
 from imuru_pl.errors import UserError
 
 
@@ -98,7 +98,7 @@ def training_loader(datamodule, dataset) -> DataLoader:
     follows the trainer's step, bucketed the same way."""
     curriculum, workers = datamodule.curriculum, datamodule.num_workers
     buckets = int(getattr(datamodule, "bucket_batches", 0))
-    sizes = line_sizes(dataset) if buckets > 1 else None
+    sizes = np.asarray(dataset.pixel_widths) if buckets > 1 else None  # (N, 2) style, target px
     if curriculum["steps"] <= 0:
         if sizes is None:
             return line_loader(dataset, datamodule.batch_size, shuffle=True, num_workers=workers)
