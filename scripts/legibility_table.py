@@ -39,8 +39,10 @@ def row(run: Path, at_step: int | None) -> str:
     points = curve(run)
     last = points[-1]
     report = json.loads((run / "heldout" / "evaluation.json").read_text())["generated"]
-    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
-    command = "python run.py " + " ".join(o for o in overrides if not o.startswith("hydra."))
+    recorded = run / ".hydra" / "overrides.yaml"  # absent when paths.output_dir moved the outputs elsewhere
+    overrides = (yaml.safe_load(recorded.read_text()) or []) if recorded.is_file() else None
+    command = ("(not recorded here)" if overrides is None
+               else "python run.py " + " ".join(o for o in overrides if not o.startswith("hydra.")))
     cells = [run.name, str(int(last["step"])), fmt(last["minutes"], 1), fmt(report.get("cer_fake")),
              fmt(last.get("cer_seen")), fmt(report.get("cer_real")), fmt(report.get("hwd")),
              fmt(report.get("stop_rate"), 2), fmt(report.get("width_error"), 2)]

@@ -40,3 +40,13 @@ def test_rows_curve_point_and_family_widths(tmp_path):
            "`python run.py experiment=legible` |" in lines
     assert "| my_run | great_vibes | 2 | +0.275 | 0.275 | 0.00 |" in lines
     assert "| my_run | yellowtail | 1 | -0.050 | 0.050 | 1.00 |" in lines
+
+
+def test_a_run_without_its_recorded_overrides_still_gets_a_row(tmp_path):
+    run = fake_run(tmp_path)
+    (run / ".hydra" / "overrides.yaml").unlink()
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "legibility_table.py"), str(run)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| my_run | 900 | 13.0 | 0.550 | 0.500 | 0.050 | 0.070 | 1.00 | 0.19 | `(not recorded here)` |" \
+        in result.stdout.splitlines()

@@ -13,10 +13,11 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from imuru_pl.data.batch import LineBatch
+from imuru_pl.data.batch import COLUMN_PX, LineBatch
 from imuru_pl.errors import UserError
 from imuru_pl.models.imuru import Imuru
-from imuru_pl.models.latents import LatentEncoder
+from imuru_pl.models.latents import LatentEncoder, length_mask
+from imuru_pl.models.reader import LineReader
 from imuru_pl.models.vae import LineVAE
 from imuru_pl.pipeline import write_lines
 
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 class ImuruModule(L.LightningModule):
     def __init__(self, model: Imuru, vae: LineVAE, optim: dict, latent_cache: bool = False,
-                 max_nonfinite_steps: int = 20):
+                 max_nonfinite_steps: int = 20, reader: LineReader | None = None, reader_weight: float = 0.0,
+                 reader_lines: int = 8, reader_start_step: int = 0):
         super().__init__()
         self.model = model
         self.optim = dict(optim)
@@ -35,11 +37,17 @@ class ImuruModule(L.LightningModule):
         # Plain attribute, not a submodule: frozen, not in the optimiser, not in checkpoints.
         self.__dict__["vae"] = vae.freeze()
         self.latents = LatentEncoder(vae, cache=latent_cache)
+        # The recognition loss (docs/legibility.md): a frozen reader, held like the VAE.
+        self.__dict__["reader"] = reader.eval().requires_grad_(False) if reader is not None else None
+        self.reader_weight, self.reader_lines = float(reader_weight), int(reader_lines)
+        self.reader_start_step = int(reader_start_step)
 
     # -- device handling for the unregistered VAE -------------------------------------------
     def _vae_on_device(self) -> LineVAE:
         if self.vae.padding_latent.device != self.device:
             self.vae.to(self.device)
+            if self.reader is not None:
+                self.reader.to(self.device)
         return self.vae
 
     # -- one shared step ------------------------------------------------------------------------
@@ -48,14 +56,32 @@ class ImuruModule(L.LightningModule):
         return self.latents.model_inputs(self.model, batch, sample=self.training)[0]
 
     def _step(self, batch: LineBatch, stage: str) -> Tensor:
-        out = self.model(**self._inputs(batch))
+        self._vae_on_device()
+        inputs, counts = self.latents.model_inputs(self.model, batch, sample=self.training)
+        out = self.model(**inputs)
+        loss, losses = out.loss, dict(out.losses)
+        if (self.reader is not None and self.reader_weight > 0 and stage == "train"
+                and self.global_step >= self.reader_start_step):
+            losses["reader"] = self.reader_loss(out.prediction, counts, inputs["text_ids"])
+            loss = loss + self.reader_weight * losses["reader"]
         options = dict(batch_size=len(batch), sync_dist=stage != "train", on_step=stage == "train",
                        on_epoch=stage != "train")
-        self.log(f"{stage}/loss", out.loss, prog_bar=True, **options)
-        if len(out.losses) > 1:  # the terms, when auxiliary losses are switched on
-            for name, value in out.losses.items():
+        self.log(f"{stage}/loss", loss, prog_bar=True, **options)
+        if len(losses) > 1:  # the terms, when auxiliary losses are switched on
+            for name, value in losses.items():
                 self.log(f"{stage}/loss_{name}", value.detach(), **options)
-        return out.loss
+        return loss
+
+    def reader_loss(self, prediction: Tensor, counts: Tensor, text_ids: Tensor) -> Tensor:
+        """The frozen reader's CTC on the VAE's drawing of the first `reader_lines` teacher-forced
+        predictions (B, n, 8), each cut to its line's own columns (the rest: the padding latent)."""
+        lines = min(self.reader_lines, len(counts))
+        counts = counts[:lines]
+        width = int(counts.max())
+        pad = self.vae.padding_latent.to(prediction)
+        columns = torch.where(length_mask(counts, width)[..., None], prediction[:lines, :width], pad)
+        images = self.vae.decode(columns)  # gradients reach the prediction, not the frozen VAE
+        return self.reader.ctc(images.float(), counts * COLUMN_PX, text_ids[:lines])
 
     def training_step(self, batch: LineBatch, batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")

@@ -16,11 +16,13 @@ from imuru_pl.callbacks.checkpoint import precheck_ckpt_path, resolve_ckpt_path
 from imuru_pl.callbacks.tensorboard import log_final_metrics
 from imuru_pl.models.imuru import Imuru
 from imuru_pl.models.imuru_module import ImuruModule
+from imuru_pl.models.reader import LineReader
 from imuru_pl.models.reference_checkpoint import load_model_dir
 from imuru_pl.models.vae import LineVAE
 from imuru_pl.pipeline import ImuruPipeline
 from imuru_pl.tasks.common import build_trainer, output_dir
 from imuru_pl.tasks.heldout import write_heldout_lines
+from imuru_pl.tasks.train_reader import check_reader_config, ensure_reader
 from imuru_pl.tasks.train_vae import ensure_vae
 
 log = logging.getLogger(__name__)
@@ -28,11 +30,14 @@ log = logging.getLogger(__name__)
 EXPORT_SUBDIR = "model"
 
 
-def build_module(cfg: DictConfig, vae: LineVAE, model: Imuru | None = None) -> ImuruModule:
+def build_module(cfg: DictConfig, vae: LineVAE, model: Imuru | None = None,
+                 reader: LineReader | None = None) -> ImuruModule:
     model = model if model is not None else instantiate(cfg.model, _convert_="all")
     model.use_vae_stats(vae)  # latent normalisation, padding latent and stop threshold
+    reading = dict(reader=reader, reader_weight=float(cfg.reader.weight), reader_lines=int(cfg.reader.lines),
+                   reader_start_step=int(cfg.reader.start_step)) if reader is not None else {}
     return ImuruModule(model, vae, OmegaConf.to_container(cfg.optim, resolve=True),
-                       latent_cache=bool(cfg.data.get("latent_cache", False)))
+                       latent_cache=bool(cfg.data.get("latent_cache", False)), **reading)
 
 
 def best_weights(trainer: L.Trainer, module: ImuruModule) -> None:
@@ -57,6 +62,7 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     out = output_dir(cfg)
     precheck_ckpt_path(cfg.get("ckpt_path"))  # a wrong path fails now, not after the VAE has trained
+    check_reader_config(cfg.reader)
     init = init_dir(cfg)
     model = None
     if init is None:
@@ -67,7 +73,8 @@ def run(cfg: DictConfig) -> dict:
         vae_dir, vae, model = init, pipeline.vae, pipeline.model.train()  # Lightning keeps the mode it finds
         log.info("Starting from %s: its Imuru weights and its VAE (cfg.model, cfg.vae unused).", init)
     datamodule = instantiate(cfg.data)
-    module = build_module(cfg, vae, model)
+    reader = ensure_reader(cfg, out, vae, datamodule)  # None unless reader.weight > 0
+    module = build_module(cfg, vae, model, reader)
     trainer = build_trainer(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), module, trainer)  # a checked file, or a UserError
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
