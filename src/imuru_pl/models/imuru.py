@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5Stack
@@ -44,12 +44,11 @@ from imuru_pl.models.alignment import (
 from imuru_pl.models.generation import CachedDecoder, StopRule, StopTracker
 from imuru_pl.models.style_encoders import STYLE_ENCODERS, build_style_encoder
 from imuru_pl.models.tokenizer import BYTE_OFFSET, VOCAB_SIZE
+from imuru_pl.models.weights_dir import CONFIG_NAME, WEIGHTS_NAME, save_weights_dir
 
 log = logging.getLogger(__name__)
 
 LATENT_CHANNELS = 8  # numbers per latent column (VAE latent height 64 / 8)
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
 # The `tiny` preset; `small` and `large` (conf/model/t5/) change the sizes only.
@@ -717,16 +716,7 @@ class Imuru(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write config.json and model.safetensors into `directory` (created if needed)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {name: value.detach().cpu().contiguous() for name, value in self.state_dict().items()}
-        # Write beside the final names, then rename: an interrupted save leaves no half-written file.
-        weights_tmp = directory / (WEIGHTS_NAME + ".tmp")
-        config_tmp = directory / (CONFIG_NAME + ".tmp")
-        save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
-        config_tmp.write_text(json.dumps(self.config_dict(), indent=2) + "\n")
-        weights_tmp.replace(directory / WEIGHTS_NAME)
-        config_tmp.replace(directory / CONFIG_NAME)
+        directory = save_weights_dir(directory, self, self.config_dict())
         log.info("Saved Imuru model to %s", directory)
         return directory
 

@@ -51,13 +51,15 @@ class ImuruModule(L.LightningModule):
         return self.vae
 
     # -- one shared step ------------------------------------------------------------------------
-    def _inputs(self, batch: LineBatch) -> dict[str, Tensor]:
+    def _inputs_and_counts(self, batch: LineBatch) -> tuple[dict[str, Tensor], Tensor]:
         self._vae_on_device()
-        return self.latents.model_inputs(self.model, batch, sample=self.training)[0]
+        return self.latents.model_inputs(self.model, batch, sample=self.training)
+
+    def _inputs(self, batch: LineBatch) -> dict[str, Tensor]:
+        return self._inputs_and_counts(batch)[0]
 
     def _step(self, batch: LineBatch, stage: str) -> Tensor:
-        self._vae_on_device()
-        inputs, counts = self.latents.model_inputs(self.model, batch, sample=self.training)
+        inputs, counts = self._inputs_and_counts(batch)
         out = self.model(**inputs)
         loss, losses = out.loss, dict(out.losses)
         if (self.reader is not None and self.reader_weight > 0 and stage == "train"

@@ -15,25 +15,21 @@ of `imuru_pl.models.tokenizer` (the pad id is the CTC blank).
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from imuru_pl.data.batch import LINE_HEIGHT
 from imuru_pl.errors import UserError
 from imuru_pl.models.alignment import ctc_loss
-from imuru_pl.models.tokenizer import EOS_ID, PAD_ID, VOCAB_SIZE, decode_ids, encode_texts
+from imuru_pl.models.tokenizer import EOS_ID, PAD_ID, VOCAB_SIZE, decode_ids
+from imuru_pl.models.weights_dir import CONFIG_NAME, WEIGHTS_NAME, is_weights_dir, save_weights_dir
 
-log = logging.getLogger(__name__)
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 FRAME_PX = 4  # pixels of width per output frame
 
 
@@ -90,25 +86,14 @@ class LineReader(nn.Module):
                 "context_kernel": self.context_kernel}
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """config.json + model.safetensors in `directory`, each written beside its name and renamed."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {name: value.detach().cpu().contiguous() for name, value in self.state_dict().items()}
-        weights_tmp, config_tmp = directory / (WEIGHTS_NAME + ".tmp"), directory / (CONFIG_NAME + ".tmp")
-        save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
-        config_tmp.write_text(json.dumps(self.config_dict(), indent=2) + "\n")
-        weights_tmp.replace(directory / WEIGHTS_NAME)
-        config_tmp.replace(directory / CONFIG_NAME)
-        return directory
+        """config.json + model.safetensors in `directory`."""
+        return save_weights_dir(directory, self, self.config_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> LineReader:
         """A reader saved by `save_pretrained`, in eval mode, frozen (no gradients to its weights)."""
-        directory = Path(directory)
+        directory = check_reader_dir(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        if not config_path.is_file() or not weights_path.is_file():
-            raise UserError(f"reader.pretrained={str(directory)!r} is not a saved line reader "
-                            f"(it needs {CONFIG_NAME} and {WEIGHTS_NAME}).")
         try:
             config = json.loads(config_path.read_text())
             if config.pop("model_type", None) != "imuru_line_reader":
@@ -119,3 +104,11 @@ class LineReader(nn.Module):
             raise UserError(f"Cannot load the line reader in {str(directory)!r}: {err}.") from err
         return reader.eval().requires_grad_(False)
 
+
+def check_reader_dir(directory: str | os.PathLike) -> Path:
+    """`directory` as a Path when it holds a saved reader's two files; one sentence otherwise."""
+    directory = Path(directory)
+    if not is_weights_dir(directory):
+        raise UserError(f"reader.pretrained={str(directory)!r} is not a saved line reader "
+                        f"(it needs {CONFIG_NAME} and {WEIGHTS_NAME}).")
+    return directory

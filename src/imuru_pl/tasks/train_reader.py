@@ -24,9 +24,10 @@ from omegaconf import DictConfig
 from imuru_pl.data.batch import LineBatch, line_loader
 from imuru_pl.errors import UserError
 from imuru_pl.metrics.cer import cer
-from imuru_pl.models.reader import CONFIG_NAME, WEIGHTS_NAME, LineReader
+from imuru_pl.models.reader import LineReader, check_reader_dir
 from imuru_pl.models.tokenizer import encode_texts
 from imuru_pl.models.vae import LineVAE
+from imuru_pl.models.weights_dir import is_weights_dir
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,8 @@ def check_reader_config(rcfg: DictConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message + ".")
-    pretrained = rcfg.get("pretrained")
-    if float(rcfg.weight) > 0 and pretrained:  # a wrong path fails now, not after the VAE has trained
-        directory = Path(to_absolute_path(str(pretrained)))
-        if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
-            raise UserError(f"reader.pretrained={str(pretrained)!r} is not a saved line reader "
-                            f"(it needs {CONFIG_NAME} and {WEIGHTS_NAME}).")
+    if float(rcfg.weight) > 0 and rcfg.get("pretrained"):  # a wrong path fails now, not after the VAE trains
+        check_reader_dir(to_absolute_path(str(rcfg.pretrained)))
 
 
 def ensure_reader(cfg: DictConfig, output_dir: Path, vae: LineVAE, datamodule) -> LineReader | None:
@@ -69,7 +66,7 @@ def ensure_reader(cfg: DictConfig, output_dir: Path, vae: LineVAE, datamodule) -
         log.info("Using the pretrained line reader %s", rcfg.pretrained)
         return reader
     directory = Path(output_dir) / READER_SUBDIR
-    if (directory / CONFIG_NAME).is_file() and (directory / WEIGHTS_NAME).is_file():
+    if is_weights_dir(directory):
         log.info("Reusing the line reader already in %s", directory)
         return LineReader.from_pretrained(directory)
     train_reader(rcfg, directory, vae, datamodule, int(cfg.seed))
