@@ -20,7 +20,7 @@ from imuru_pl.models.vae_module import (
 
 def test_random_crops_cut_style_and_target_at_the_same_place():
     batch = line_batch(["a long line of text to crop", "short"])
-    style, target, widths = random_crops(batch, 64, torch.Generator().manual_seed(0))
+    style, target, widths, offsets = random_crops(batch, 64, torch.Generator().manual_seed(0))
     assert style.shape == (2, 3, 64, 64) and target.shape == (2, 1, 64, 64)
     assert widths[0] == 64 and 0 < widths[1] <= 64
     # Each style pixel is the paper/ink mix of the clean target's pixel at the same place.

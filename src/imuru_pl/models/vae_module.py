@@ -2,7 +2,8 @@
 
 Each step trains both ways the Imuru stage uses the encoder: paper/colour style -> clean line and
 clean line -> clean line (part of the batch each), on random crops of the same line (style and target
-are pixel-aligned).
+are pixel-aligned). With `vae.train.reader_weight` > 0 a frozen line reader also reads each
+reconstruction (the letters wholly inside its crop) and its CTC loss is added: Emuru's recognition loss.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from imuru_pl.data.batch import COLUMN_PX, LineBatch, collate_lines, spread_samples
+from imuru_pl.data.batch import COLUMN_PX, LineBatch, collate_lines, round_up, spread_samples
 from imuru_pl.errors import UserError
+from imuru_pl.models.reader import FRAME_PX, LineReader
+from imuru_pl.models.tokenizer import encode_texts
 from imuru_pl.models.vae import LineVAE, convert_channels
 from imuru_pl.visual import rows_grid, to_chw
 
@@ -50,15 +54,15 @@ def edge_l1(recon: Tensor, target: Tensor) -> Tensor:
 
 def random_crops(
     batch: LineBatch, width: int | None, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The same random window of `width` px from each style and target line (within its true width).
 
-    Lines narrower than the window start at 0 and keep their white padding. Returns style, target and
-    the true width of each crop.
+    Lines narrower than the window start at 0 and keep their white padding. Returns style, target,
+    the true width of each crop and where (px) each crop starts in its line.
     """
     style, target, widths = batch.style, batch.target, batch.target_widths
     if width is None or width >= target.shape[-1]:
-        return style, target, widths
+        return style, target, widths, torch.zeros_like(widths)
     spare = (widths - width).clamp_min(0).cpu()
     offsets = (torch.rand(len(widths), generator=generator) * (spare + 1).float()).long()
     index = offsets[:, None] + torch.arange(width)[None, :]  # (B, width)
@@ -69,8 +73,34 @@ def random_crops(
             images, 3, index[:, None, None, :].expand(-1, images.shape[1], images.shape[2], -1)
         )
 
-    crop_widths = (widths - offsets.to(widths.device)).clamp(max=width)
-    return take(style), take(target), crop_widths
+    offsets = offsets.to(widths.device)
+    crop_widths = (widths - offsets).clamp(max=width)
+    return take(style), take(target), crop_widths, offsets
+
+
+def whole_letters(
+    text: str, starts: Tensor | None, line_width: int, offset: int, width: int
+) -> tuple[int, int, str] | None:
+    """The letters of a line drawn wholly inside its crop [offset, offset + width): their span in crop
+    px and their text; None when no letter fits.
+
+    Letter i spans from its start to the next one's (the last to the line's end). Without letter starts
+    (data other than the synthetic) only a crop holding the whole line can be read.
+    """
+    if starts is None or len(starts) != len(text):
+        whole = offset == 0 and width >= line_width and text.strip()
+        return (0, line_width, text) if whole else None
+    starts = starts.float()
+    ends = torch.cat([starts[1:], starts.new_tensor([float(line_width)])])
+    inside = ((starts >= offset) & (ends <= offset + width)).nonzero().flatten()
+    if len(inside) == 0:
+        return None
+    first, last = int(inside[0]), int(inside[-1])
+    if not text[first : last + 1].strip():
+        return None
+    left = max(0, math.floor(float(starts[first]) - offset))
+    right = min(width, math.ceil(float(ends[last]) - offset))
+    return (left, right, text[first : last + 1]) if right > left else None
 
 
 def start_white(vae: LineVAE) -> LineVAE:
@@ -91,6 +121,8 @@ class VAEModule(L.LightningModule):
 
     Each step feeds part of the batch as paper style and the rest (`clean_fraction`) as clean lines,
     always against the clean target: both encodings the Imuru stage makes are trained every step.
+    With a `reader` and `reader_weight` > 0, `reader_weight` times the frozen reader's CTC loss of
+    reading each reconstruction is added (Emuru's recognition loss; docs/vae.md).
 
     L1 alone stalls on an all-white output (the per-pixel median of mostly-paper lines, where its
     gradients cancel); a squared-error term keeps pulling towards the strokes and is what PSNR measures.
@@ -111,6 +143,8 @@ class VAEModule(L.LightningModule):
         crop_width: int | None = 128,
         clean_fraction: float = 0.5,
         sample_posterior: bool = True,
+        reader: LineReader | None = None,
+        reader_weight: float = 0.0,
     ):
         super().__init__()
         if crop_width is not None and (crop_width < COLUMN_PX or crop_width % COLUMN_PX):
@@ -122,8 +156,12 @@ class VAEModule(L.LightningModule):
             raise UserError(f"vae.train.ink_weight cannot be negative; got {ink_weight}.")
         if not 0 <= clean_fraction <= 1:
             raise UserError(f"vae.train.clean_fraction must lie between 0 and 1; got {clean_fraction}.")
-        self.save_hyperparameters(ignore=["vae"])
+        if reader_weight < 0 or (reader_weight > 0 and reader is None):
+            raise UserError(f"vae.train.reader_weight must be 0 (off) or positive with a reader; got {reader_weight}.")
+        self.save_hyperparameters(ignore=["vae", "reader"])
         self.vae = vae
+        # Plain attribute, not a submodule: Lightning's train() must not switch its batch norms to training.
+        self.__dict__["reader"] = reader.eval().requires_grad_(False) if reader is not None else None
 
     # -- loss ------------------------------------------------------------------------------------
     def _reconstruct(self, images: Tensor, sample: bool) -> tuple[Tensor, Tensor]:
@@ -133,7 +171,10 @@ class VAEModule(L.LightningModule):
         recon = convert_channels(self.vae.autoencoder.decode(latent).sample, 1)
         return recon, dist.kl()
 
-    def losses(self, inputs: Tensor, targets: Tensor, sample: bool) -> dict[str, Tensor]:
+    def losses(
+        self, inputs: Tensor, targets: Tensor, sample: bool, letters: list | None = None
+    ) -> dict[str, Tensor]:
+        """The training losses; `letters` (one `whole_letters` result per line) turns on the reader's."""
         recon, kl = self._reconstruct(inputs, sample)
         hp = self.hparams
         # Ink pixels (dark in the clean target) weigh 1 + ink_weight: small marks such as i-dots and
@@ -148,13 +189,43 @@ class VAEModule(L.LightningModule):
         if hp.edge_weight > 0:
             parts["edge"] = edge_l1(recon, targets)
             loss = loss + hp.edge_weight * parts["edge"]
+        if letters is not None and self.reader is not None and hp.reader_weight > 0:
+            parts["reader"] = self.reading_loss(recon, letters)
+            loss = loss + hp.reader_weight * parts["reader"]
         parts["loss"] = loss
         return parts
 
-    def training_inputs(self, batch: LineBatch) -> tuple[Tensor, Tensor]:
+    def reading_loss(self, recon: Tensor, letters: list) -> Tensor:
+        """The reader's CTC of the whole letters of each reconstruction, cut out and padded with paper."""
+        spans = [(i, *item) for i, item in enumerate(letters) if item is not None]
+        if not spans:
+            return recon.new_zeros(())
+        self.reader.to(recon.device)
+        width = round_up(max(right - left for _, left, right, _ in spans), FRAME_PX)
+        images = torch.stack([
+            F.pad(recon[i, :, :, left:right].clamp(-1, 1), (0, width - (right - left)), value=1.0)
+            for i, left, right, _ in spans
+        ])
+        widths = torch.tensor([right - left for _, left, right, _ in spans], device=recon.device)
+        text_ids = encode_texts([text for *_, text in spans], device=recon.device)[0]
+        return self.reader.ctc(images.float(), widths, text_ids)
+
+    def crop_letters(self, batch: LineBatch, crop_widths: Tensor, offsets: Tensor) -> list:
+        """`whole_letters` of every line's crop."""
+        starts = batch.target_starts or [None] * len(batch)
+        return [
+            whole_letters(text, start, int(line_width), int(offset), int(width))
+            for text, start, line_width, offset, width in zip(
+                batch.texts, starts, batch.target_widths.tolist(), offsets.tolist(), crop_widths.tolist()
+            )
+        ]
+
+    def training_inputs(
+        self, batch: LineBatch, crops: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Cropped inputs and clean targets: the first lines go in as paper style, the last `clean_fraction`
         of them as their clean image, so every step trains both directions at the cost of one."""
-        style, target, _ = random_crops(batch, self.hparams.crop_width)
+        style, target, _, _ = crops if crops is not None else random_crops(batch, self.hparams.crop_width)
         fraction = self.hparams.clean_fraction
         n_clean = round(len(target) * fraction)
         if 0 < fraction < 1 and len(target) > 1:
@@ -169,8 +240,10 @@ class VAEModule(L.LightningModule):
         return inputs, target
 
     def training_step(self, batch: LineBatch, batch_idx: int) -> Tensor:
-        inputs, targets = self.training_inputs(batch)
-        parts = self.losses(inputs, targets, self.hparams.sample_posterior)
+        crops = random_crops(batch, self.hparams.crop_width)
+        inputs, targets = self.training_inputs(batch, crops)
+        letters = self.crop_letters(batch, crops[2], crops[3]) if self.hparams.reader_weight > 0 else None
+        parts = self.losses(inputs, targets, self.hparams.sample_posterior, letters)
         for key, value in parts.items():
             self.log(f"train/{key}", value.detach(), prog_bar=key == "loss", batch_size=len(inputs))
         return parts["loss"]

@@ -21,8 +21,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from imuru_pl.errors import UserError
 from imuru_pl.metrics.reconstruction import reconstruction_cer
+from imuru_pl.models.reader import LineReader
 from imuru_pl.models.vae import CONSTANTS_FILE, LineVAE
 from imuru_pl.models.vae_module import ReconstructionGrid, VAEModule, masked_image_errors, start_white
+from imuru_pl.tasks.train_reader import ensure_vae_reader
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +77,8 @@ def _stage_logger(entry: DictConfig):
     return instantiate(entry)
 
 
-def build_module(cfg: DictConfig, vae: LineVAE) -> VAEModule:
-    """The LightningModule with the losses and schedule of `cfg.vae.train`."""
+def build_module(cfg: DictConfig, vae: LineVAE, reader: LineReader | None = None) -> VAEModule:
+    """The LightningModule with the losses and schedule of `cfg.vae.train` (and its reader, if any)."""
     t = cfg.vae.train
     return VAEModule(
         vae,
@@ -92,6 +94,8 @@ def build_module(cfg: DictConfig, vae: LineVAE) -> VAEModule:
         crop_width=t.crop_width,
         clean_fraction=t.clean_fraction,
         sample_posterior=t.sample_posterior,
+        reader=reader,
+        reader_weight=float(t.get("reader_weight", 0.0)) if reader is not None else 0.0,
     )
 
 
@@ -130,8 +134,9 @@ def train_vae(cfg: DictConfig, directory: Path) -> dict[str, Any]:
     grid = ReconstructionGrid(
         every_n_steps=int(cfg.vae.train.image_every_n_steps), directory=out / SAMPLES_SUBDIR
     )
+    reader = ensure_vae_reader(cfg, out, datamodule)  # None unless vae.train.reader_weight > 0
     trainer = build_trainer(cfg, [grid])
-    module = build_module(cfg, vae)
+    module = build_module(cfg, vae, reader)
     log.info(
         "Training the line VAE (%.2f M parameters) for %d steps.",
         sum(p.numel() for p in vae.parameters()) / 1e6,
