@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training import compose_cfg, frozen_vae, set_threads  # the same directory
+from training import compose_cfg, frozen_vae, set_threads, step_autocast  # the same directory
 
 log = logging.getLogger("benchmarks.buckets")
 COLUMN_PX = 8
@@ -104,7 +104,9 @@ def main() -> None:
             module.latents.posterior(batch.target, batch.target_widths, batch.target_keys)
             cpu = time.process_time()
             optimizers[k].zero_grad(set_to_none=True)
-            module.model(**module._inputs(batch)).loss.backward()
+            with step_autocast(str(cfg.trainer.precision)):  # the experiment's precision, as Lightning
+                loss = module.model(**module._inputs(batch)).loss
+            loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(module.model.parameters(), clip)
             optimizers[k].step()

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training import compose_cfg, frozen_vae, set_threads  # the same directory
+from training import compose_cfg, frozen_vae, set_threads, step_autocast  # the same directory
 
 log = logging.getLogger("benchmarks.data")
 
@@ -94,6 +94,7 @@ class DemoTraining:
                                            weight_decay=float(optim["weight_decay"]),
                                            betas=tuple(optim["betas"]), eps=float(optim["eps"]))
         self.clip = float(cfg.trainer.get("gradient_clip_val") or 0.0)
+        self.precision = str(cfg.trainer.precision)  # the demo's bf16-mixed: the T5 in autocast
         self.datamodule = datamodule
         self.loaders = {}
 
@@ -112,7 +113,9 @@ class DemoTraining:
 
     def step(self, batch) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        self.module.model(**self.module._inputs(batch)).loss.backward()
+        with step_autocast(self.precision):
+            loss = self.module.model(**self.module._inputs(batch)).loss
+        loss.backward()
         if self.clip:  # trainer.gradient_clip_val, as Lightning applies it
             self.torch.nn.utils.clip_grad_norm_(self.module.model.parameters(), self.clip)
         self.optimizer.step()

@@ -22,6 +22,11 @@ allocations. The cache's own size is the bytes of the tensors it holds.
     OMP_NUM_THREADS=1 python benchmarks/training.py                    # both presets, ~7 minutes
     OMP_NUM_THREADS=1 python benchmarks/training.py --presets tiny --steps 20 --no-memory
     OMP_NUM_THREADS=1 python benchmarks/training.py --presets tiny vae.arch.block_out_channels=[16,32,64,128]
+    OMP_NUM_THREADS=1 python benchmarks/training.py --presets tiny trainer.precision=32 model.attention=sdpa
+
+The step runs in the composed `trainer.precision` (the demo's bf16-mixed): `_inputs` and the forward under
+`torch.autocast(bfloat16)`, as Lightning runs `training_step`, the backward outside it; the frozen VAE
+encodes in float32 either way (`LatentEncoder._encode_each`).
 
 Prints a table and ends with one JSON line holding every figure.
 """
@@ -29,6 +34,7 @@ Prints a table and ends with one JSON line holding every figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
@@ -79,6 +85,15 @@ def frozen_vae(cfg):
     return vae.freeze()
 
 
+def step_autocast(precision: str):
+    """What Lightning's `trainer.precision` wraps `training_step` in on CPU (the backward runs outside)."""
+    if precision == "bf16-mixed":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if precision in ("32", "32-true"):
+        return contextlib.nullcontext()
+    raise SystemExit(f"The benchmarks run trainer.precision 32 or bf16-mixed on CPU, not {precision}.")
+
+
 class Setup:
     """Everything one preset needs: config, frozen VAE, a module per variant, fixed real batches."""
 
@@ -111,6 +126,7 @@ class Setup:
                 betas=tuple(optim["betas"]), eps=float(optim["eps"]))
             self.modules[variant] = module
         self.clip = float(self.cfg.trainer.get("gradient_clip_val") or 0.0)
+        self.precision = str(self.cfg.trainer.precision)
         self.t5_parameters = base.num_parameters()
         self.vae_parameters = sum(p.numel() for p in vae.parameters())
 
@@ -135,14 +151,18 @@ class Setup:
         module, optimizer = self.modules[variant], self.optimizers[variant]
         wall, cpu = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
-        inputs = module._inputs(batch)  # latents: cache look-up + sampling, or the VAE encoder
-        latents_cpu = time.process_time() - cpu
-        loss = module.model(**inputs).loss
+        with self.autocast():
+            inputs = module._inputs(batch)  # latents: cache look-up + sampling, or the VAE encoder
+            latents_cpu = time.process_time() - cpu
+            loss = module.model(**inputs).loss
         loss.backward()
         if self.clip:  # trainer.gradient_clip_val, as Lightning applies it
             torch.nn.utils.clip_grad_norm_(module.model.parameters(), self.clip)
         optimizer.step()
         return time.process_time() - cpu, time.perf_counter() - wall, latents_cpu, float(loss.detach())
+
+    def autocast(self):
+        return step_autocast(self.precision)
 
 
 # -- peak memory --------------------------------------------------------------------------------
@@ -218,6 +238,7 @@ def time_preset(args, preset: str, steps: int) -> dict:
         row = {"preset": preset, "batch_size": args.batch_size, "steps": steps,
                "t5_parameters": setup.t5_parameters, "vae_parameters": setup.vae_parameters,
                "cache_mb": setup.cache_bytes() / 2**20, "cached_images": len(setup.modules["cache"].latents),
+               "precision": setup.precision, "attention": setup.cfg.model.attention,
                "mean_target_px": statistics.mean(int(b.target.shape[-1]) for b in setup.batches)}
     for variant in VARIANTS:
         cpu = statistics.median(r[0] for r in runs[variant])
@@ -292,7 +313,8 @@ def main() -> None:
                      f"VAE {row['vae_parameters'] / 1e6:.2f} M "
                      f"parameters; cache holds {row['cached_images']} images in {row['cache_mb']:.2f} MB "
                      f"({1024 * row['cache_mb'] / max(1, row['cached_images']):.1f} KB each); "
-                     f"padded target width {row['mean_target_px']:.0f} px")
+                     f"padded target width {row['mean_target_px']:.0f} px; precision {row['precision']}, "
+                     f"{row['attention']} attention")
     print("\n".join(lines))
     print(json.dumps({"device": "cpu", "threads": args.threads, "clock": "process_time and perf_counter",
                       "batch_size": args.batch_size, "overrides": args.overrides,

@@ -20,6 +20,7 @@ TINY_TRAIN = [
     "data.writers_per_font=3",
     "data.batch_size=4",
     "data.eval_batch_size=4",
+    "data.num_workers=0",  # the demo's loader process is not worth its start for a dozen steps
     "vae.arch.block_out_channels=[8,8,8,8]",
     "vae.arch.norm_num_groups=4",
     "vae.train.max_steps=20",

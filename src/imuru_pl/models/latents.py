@@ -73,13 +73,18 @@ class LatentEncoder:
         The VAE's group norms pool over the whole width, so encoding inside a padded batch would make
         a line's latents depend on its batch mates; alone, they depend on the line only (as at
         generation time, where a style image is encoded by itself).
+
+        Always in the VAE's own precision, also inside a mixed-precision training step
+        (`trainer.precision=bf16-mixed`): the latents (and the cache) are the same whatever the T5 trains
+        in, and on CPU the small per-image convolutions run slower in bfloat16 than in float32.
         """
         rows = []
-        for image, count in zip(images, column_counts(widths).tolist()):
-            crop = image[None, :, :, : count * COLUMN_PX]
-            padded = torch.nn.functional.pad(crop, (0, ENCODE_MARGIN_PX), value=1.0)
-            mean, std = self.vae.encode_posterior(padded)
-            rows.append((mean[0, :count].float(), std[0, :count].float()))
+        with torch.autocast(images.device.type, enabled=False):
+            for image, count in zip(images, column_counts(widths).tolist()):
+                crop = image[None, :, :, : count * COLUMN_PX]
+                padded = torch.nn.functional.pad(crop, (0, ENCODE_MARGIN_PX), value=1.0)
+                mean, std = self.vae.encode_posterior(padded)
+                rows.append((mean[0, :count].float(), std[0, :count].float()))
         return rows
 
     def _sample(self, mean: Tensor, std: Tensor, sample: bool) -> Tensor:

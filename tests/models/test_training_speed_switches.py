@@ -1,0 +1,77 @@
+"""The training speed switches: the T5's attention implementation (`model.attention`) and bfloat16 mixed
+precision (`trainer.precision=bf16-mixed`), under which the frozen VAE still encodes in float32."""
+
+import lightning as L
+import pytest
+import torch
+from test_imuru_model import padded_batch, tiny_model
+from test_imuru_module import batch, module, samples
+from torch.utils.data import DataLoader
+
+from imuru_pl.data.batch import collate_lines
+from imuru_pl.errors import UserError
+from imuru_pl.models.imuru import Imuru
+
+
+def gradients(model: Imuru, inputs) -> torch.Tensor:
+    model.zero_grad(set_to_none=True)
+    model(*inputs).loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def test_eager_and_sdpa_attention_give_the_same_loss_gradients_and_generation():
+    # eval(): no dropout or label noise, whose random draws the two implementations would take differently
+    sdpa = tiny_model(position_embeddings=True).eval()
+    eager = tiny_model(position_embeddings=True, attention="eager").eval()
+    eager.load_state_dict(sdpa.state_dict())
+    assert sdpa.encoder.config._attn_implementation == "sdpa"
+    assert eager.encoder.config._attn_implementation == eager.decoder.config._attn_implementation == "eager"
+    inputs = padded_batch()
+    torch.testing.assert_close(gradients(eager, inputs), gradients(sdpa, inputs), atol=1e-5, rtol=1e-4)
+    ids, text_mask, style, style_mask, _, _ = inputs
+    with torch.no_grad():
+        a = sdpa.generate(ids, text_mask, style, style_mask, max_new_columns=12, stop=None)
+        b = eager.generate(ids, text_mask, style, style_mask, max_new_columns=12, stop=None)
+    torch.testing.assert_close(a[0], b[0], atol=1e-4, rtol=0)
+
+
+def test_the_attention_choice_is_exported_and_checked(tmp_path):
+    model = tiny_model(attention="eager")
+    again = Imuru.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert again.attention == "eager" and again.decoder.config._attn_implementation == "eager"
+    # Guided attention reads the decoder's attention weights, which only the eager implementation returns.
+    guided = tiny_model(guided_attention_weight=1.0)
+    assert guided.encoder.config._attn_implementation == "sdpa"
+    assert guided.decoder.config._attn_implementation == "eager"
+    with pytest.raises(UserError, match="attention must be one of sdpa, eager"):
+        tiny_model(attention="flash")
+
+
+def test_the_vae_encodes_in_float32_inside_bfloat16_autocast():
+    m = module(cache=False)
+    b = batch()
+    plain = m.latents.posterior(b.target, b.target_widths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = m.latents.posterior(b.target, b.target_widths)
+    assert mixed[0].dtype == torch.float32
+    assert torch.equal(plain[0], mixed[0]) and torch.equal(plain[1], mixed[1])
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+@pytest.mark.filterwarnings("ignore:Precision bf16-mixed is not supported by the model summary")
+def test_bf16_mixed_training_lowers_the_loss_and_keeps_float32_weights():
+    m = module(cache=True)
+    b = batch()
+    m.eval()
+    with torch.no_grad():
+        before = float(m.model(**m._inputs(b)).loss)
+    trainer = L.Trainer(max_steps=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", precision="bf16-mixed")
+    trainer.fit(m, train_dataloaders=DataLoader(samples() * 30, batch_size=2, collate_fn=collate_lines))
+    assert all(p.dtype == torch.float32 for p in m.model.parameters())
+    assert all(p.dtype == torch.float32 for p in m.vae.parameters())
+    assert all(mean.dtype == torch.float32 for mean, _ in m.latents._cache.values())
+    m.eval()
+    with torch.no_grad():
+        after = float(m.model(**m._inputs(b)).loss)
+    assert after < 0.8 * before
