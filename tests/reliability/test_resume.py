@@ -22,6 +22,7 @@ SETTINGS = [
     # The latent cache is rebuilt after a resume, and the VAE's GroupNorm sees the padded batch width, so a
     # line re-encoded in another batch gets slightly different latents: exact only without it (see docs).
     "data.latent_cache=false",
+    "data.num_workers=1",  # the demo's loader worker: loaders draw the global RNG when their workers start
 ]
 
 

@@ -97,6 +97,12 @@ def spread_samples(dataset: Dataset | None, count: int) -> list[LineSample]:
 
 
 def line_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0) -> DataLoader:
-    """The DataLoader every line dataset uses: `LineSample`s collated into `LineBatch`es."""
+    """The DataLoader every line dataset uses: `LineSample`s collated into `LineBatch`es.
+
+    A shuffled (training) loader keeps its workers from epoch to epoch; an evaluation loader starts them
+    for each pass. Every new loader iterator draws its workers' base seed from the global RNG, so a
+    persistent evaluation loader would draw once per process, at its first validation: in a resumed run
+    that falls at another step than in the uninterrupted one, and the training noise would part ways.
+    """
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      collate_fn=collate_lines, persistent_workers=num_workers > 0)
+                      collate_fn=collate_lines, persistent_workers=num_workers > 0 and shuffle)
