@@ -75,3 +75,16 @@ def test_bf16_mixed_training_lowers_the_loss_and_keeps_float32_weights():
     with torch.no_grad():
         after = float(m.model(**m._inputs(b)).loss)
     assert after < 0.8 * before
+
+
+def test_bfloat16_autocast_keeps_the_loss_and_the_gradient_direction():
+    model = tiny_model(position_embeddings=True, attention="eager").eval()
+    inputs = padded_batch()
+    full = gradients(model, inputs)
+    loss = float(model(*inputs).loss)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed_loss = float(model(*inputs).loss)
+        mixed = gradients(model, inputs)
+    assert abs(mixed_loss - loss) < 0.01 * loss
+    assert float(torch.nn.functional.cosine_similarity(full, mixed, dim=0)) > 0.99
+    assert not torch.equal(full, mixed), "the products must really have run in bfloat16"
