@@ -151,7 +151,7 @@ class Setup:
         module, optimizer = self.modules[variant], self.optimizers[variant]
         wall, cpu = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
+        with step_autocast(self.precision):
             inputs = module._inputs(batch)  # latents: cache look-up + sampling, or the VAE encoder
             latents_cpu = time.process_time() - cpu
             loss = module.model(**inputs).loss
@@ -160,9 +160,6 @@ class Setup:
             torch.nn.utils.clip_grad_norm_(module.model.parameters(), self.clip)
         optimizer.step()
         return time.process_time() - cpu, time.perf_counter() - wall, latents_cpu, float(loss.detach())
-
-    def autocast(self):
-        return step_autocast(self.precision)
 
 
 # -- peak memory --------------------------------------------------------------------------------
