@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/legibility_table.py outputs/legibility/<run> [<run> ...] [--at-step 500]
 
-Each run directory must hold `learning_curve.csv` (metrics.enabled=true) and `heldout/evaluation.json`.
+Each run directory must hold `heldout/evaluation.json` and, for the curve's columns, `learning_curve.csv`
+(metrics.enabled=true; a `scripts/heldout_lines.py` output has none, its curve cells read "-").
 Columns: steps and training minutes, CER of generated lines for held-out (test) and seen (training) writers,
 CER of the real renders of the same held-out texts, HWD (relative: random backbone), stop rate and width error
 of held-out lines, and the command (the run's overrides). `--at-step N` adds the learning curve at step N
@@ -26,6 +27,10 @@ from PIL import Image
 
 
 def curve(run: Path) -> list[dict[str, float | None]]:
+    """The run's learning curve; one empty point for held-out lines written again without training
+    (`scripts/heldout_lines.py`)."""
+    if not (run / "learning_curve.csv").is_file():
+        return [{"step": None, "minutes": None}]
     with (run / "learning_curve.csv").open() as handle:
         return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
                 for row in csv.DictReader(handle)]
@@ -43,11 +48,12 @@ def row(run: Path, at_step: int | None) -> str:
     overrides = (yaml.safe_load(recorded.read_text()) or []) if recorded.is_file() else None
     command = ("(not recorded here)" if overrides is None
                else "python run.py " + " ".join(o for o in overrides if not o.startswith("hydra.")))
-    cells = [run.name, str(int(last["step"])), fmt(last["minutes"], 1), fmt(report.get("cer_fake")),
+    steps = "-" if last["step"] is None else str(int(last["step"]))
+    cells = [run.name, steps, fmt(last["minutes"], 1), fmt(report.get("cer_fake")),
              fmt(last.get("cer_seen")), fmt(report.get("cer_real")), fmt(report.get("hwd")),
              fmt(report.get("stop_rate"), 2), fmt(report.get("width_error"), 2)]
     if at_step is not None:
-        point = next((p for p in points if int(p["step"]) == at_step), None)
+        point = next((p for p in points if p["step"] is not None and int(p["step"]) == at_step), None)
         cells += ([fmt(point.get("cer_heldout")), fmt(point.get("stop_rate"), 2), fmt(point.get("width_error"), 2)]
                   if point else ["-", "-", "-"])
     return "| " + " | ".join(cells + [f"`{command}`"]) + " |"

@@ -40,26 +40,33 @@ class WrittenLines:
 
 
 def write_lines(model: Imuru, vae: LineVAE, style: Tensor, style_widths: Tensor, texts: list[str],
-                max_new_columns: int | None = None) -> list[Tensor]:
+                max_new_columns: int | None = None, style_texts: list[str] | None = None) -> list[Tensor]:
     """Padded style images (B, C, 64, W) + widths + B texts -> B line images (1, 64, w_i) on the CPU.
 
     Style latents are the posterior means (deterministic for a given image); generation stops per
     line on the VAE's padding latent (or the model's stop head) and trailing blank columns are cropped.
+    `style_texts` (optional, what each style image says) fits a letter plan's widths to the hand
+    (`Imuru.width_scale`; models with `aligned_letters` only).
     """
-    return write_lines_detailed(model, vae, style, style_widths, texts, max_new_columns).images
+    return write_lines_detailed(model, vae, style, style_widths, texts, max_new_columns, style_texts).images
 
 
 @torch.inference_mode()
 def write_lines_detailed(model: Imuru, vae: LineVAE, style: Tensor, style_widths: Tensor, texts: list[str],
-                         max_new_columns: int | None = None) -> WrittenLines:
+                         max_new_columns: int | None = None, style_texts: list[str] | None = None) -> WrittenLines:
     """`write_lines` plus each line's length and whether it stopped by itself (for evaluation)."""
     device = next(model.parameters()).device
     vae.to(device)
     style_cols, style_mask = LatentEncoder(vae).style(style.to(device), style_widths.to(device), sample=False)
     text_ids, text_mask = encode_texts(texts)
+    style_text = None
+    if style_texts is not None:
+        if len(style_texts) != len(texts):
+            raise ValueError(f"{len(style_texts)} style texts for {len(texts)} lines")
+        style_text = tuple(t.to(device) for t in encode_texts(style_texts))
     columns, lengths, stopped = model.generate(
         text_ids.to(device), text_mask.to(device), style_cols, style_mask,
-        max_new_columns=max_new_columns or model.max_new_columns, return_stopped=True,
+        max_new_columns=max_new_columns or model.max_new_columns, return_stopped=True, style_text=style_text,
     )
     decoded = vae.decode(columns).cpu() if columns.shape[1] else None
     blank = torch.ones(1, 64, COLUMN_PX)  # a line with nothing written is one blank column
@@ -102,10 +109,23 @@ class ImuruPipeline:
         lines = [load_line(s, channels=3) for s in styles]
         return torch.cat(lines, dim=-1) if len(lines) > 1 else lines[0]
 
-    def generate_lines(self, style: Tensor, texts: list[str], max_new_columns: int | None = None) -> list[Tensor]:
-        """One style (C, 64, w) and several single-line texts -> line images (1, 64, w_i) in [-1, 1]."""
+    def generate_lines(self, style: Tensor, texts: list[str], max_new_columns: int | None = None,
+                       style_text: str | None = None) -> list[Tensor]:
+        """One style (C, 64, w) and several single-line texts -> line images (1, 64, w_i) in [-1, 1].
+        `style_text`: what the style image says (optional), to fit the letters' widths to the hand."""
         images, widths = pad_images([style] * len(texts))
-        return write_lines(self.model, self.vae, images, widths, texts, max_new_columns)
+        style_texts = None if style_text is None else [self.check_style_text(style_text)] * len(texts)
+        return write_lines(self.model, self.vae, images, widths, texts, max_new_columns, style_texts)
+
+    def check_style_text(self, style_text: str) -> str:
+        """The style image's text as the model takes it: one line, and only for a model that plans widths."""
+        text = " ".join(str(style_text).split())
+        if not text:
+            raise UserError("The style text is empty: give what the style image says, or leave it out.")
+        if not self.model.aligned_letters:
+            raise UserError("A style text scales the planned letter widths, and this model plans none "
+                            "(it was trained without model.aligned_letters): leave the style text out.")
+        return text
 
     def wrap(self, text: str) -> list[str]:
         """Split text into lines the model can write: paragraphs kept, long ones wrapped at words."""
@@ -119,8 +139,9 @@ class ImuruPipeline:
                 lines.extend(textwrap.wrap(paragraph, self.max_chars_per_line, break_long_words=True))
         return lines
 
-    def write(self, style: Tensor, text: str) -> Image.Image:
-        """Write `text` in a loaded style (C, 64, w); text longer than a line becomes a page."""
+    def write(self, style: Tensor, text: str, style_text: str | None = None) -> Image.Image:
+        """Write `text` in a loaded style (C, 64, w); text longer than a line becomes a page. `style_text`
+        (optional): what the style image says, to fit the letters' widths to the hand."""
         lines = self.wrap(text)
         unseen = sorted({c for c in text if not (c.isascii() and c.isprintable()) and c not in "\n\t"})
         if unseen:
@@ -128,9 +149,10 @@ class ImuruPipeline:
                         "%s; writing them as best it can.", " ".join(unseen))
         if len(lines) > 1:
             log.info("Text wrapped into %d lines of at most %d characters.", len(lines), self.max_chars_per_line)
-        images = [tensor_to_image(img) for img in self.generate_lines(style, lines)]
+        images = [tensor_to_image(img) for img in self.generate_lines(style, lines, style_text=style_text)]
         return images[0] if len(images) == 1 else stack_lines(images)
 
-    def __call__(self, styles: str | Path | Image.Image | list, text: str) -> Image.Image:
-        """Write `text` in the style of `styles` (one image or several side by side)."""
-        return self.write(self.load_styles(styles if isinstance(styles, list) else [styles]), text)
+    def __call__(self, styles: str | Path | Image.Image | list, text: str, style_text: str | None = None) -> Image.Image:
+        """Write `text` in the style of `styles` (one image or several side by side). `style_text`
+        (optional): what the style images say, in order, to fit the letters' widths to the hand."""
+        return self.write(self.load_styles(styles if isinstance(styles, list) else [styles]), text, style_text)

@@ -143,6 +143,38 @@ def test_planned_generation_cached_equals_full_recompute_and_ends_at_the_plan(r)
     assert not bool(short_stopped.all())
 
 
+def test_a_style_text_scales_the_plan_to_the_hands_measured_width():
+    """The plan for the style line's own text against its measured columns: a hand that writes twice as wide
+    as the head predicts gets letters twice as wide; an empty style text leaves the plan alone."""
+    model = tiny_model(reduction_factor=2).eval()
+    with torch.no_grad():
+        model.duration_head[-1].bias.fill_(1.2)  # about 2.3 columns per letter
+    ids, text_mask, style, style_mask, *_ = training_batch(model)
+    style_texts = ["ab", "some words", ""]  # 3 letters planned for 6 columns, 10 for 11, none
+    style_ids, style_text_mask = encode_texts(style_texts)
+    encoded = model.encode_text(ids, text_mask)
+    with torch.no_grad():
+        summary, _ = model.writer_summary(style, style_mask)
+        own = model._planned_columns(model.encode_text(style_ids, style_text_mask), style_ids, summary).sum(1)
+        raw = model._planned_columns(encoded, ids, summary)
+        scale = model.width_scale(summary, style_mask, style_ids, style_text_mask)
+    expected = (style_mask.sum(1) / own).clamp(0.5, 2.0)
+    assert torch.allclose(scale[:2], expected[:2]) and scale[2] == 1.0
+    assert not torch.allclose(scale[:2], torch.ones(2)), "these hands are not the head's guess"
+    scaled = model.letter_widths(encoded, ids, style, style_mask, (style_ids, style_text_mask))
+    assert torch.equal(scaled, (raw * scale[:, None]).round().long())
+    assert torch.equal(scaled[2], model.letter_widths(encoded, ids, style, style_mask)[2])
+    cached, lengths = model.generate(ids, text_mask, style, style_mask, max_new_columns=80,
+                                     style_text=(style_ids, style_text_mask))
+    full, full_lengths = model.generate_full_recompute(ids, text_mask, style, style_mask, max_new_columns=80,
+                                                       style_text=(style_ids, style_text_mask))
+    assert lengths.tolist() == full_lengths.tolist() == scaled.sum(1).tolist()
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
+    plain = Imuru(t5=TINY_T5, padding_latent=PAD, stop_threshold=0.5, trailing_blank_columns=4).eval()
+    with pytest.raises(UserError, match="plans none"):
+        plain.generate(ids, text_mask, style, style_mask, max_new_columns=8, style_text=(style_ids, style_text_mask))
+
+
 def test_export_keeps_the_switch_and_the_generations(tmp_path):
     model = tiny_model(reduction_factor=2).eval()
     ids, text_mask, style, style_mask, *_ = training_batch(model)

@@ -50,3 +50,13 @@ def test_a_run_without_its_recorded_overrides_still_gets_a_row(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| my_run | 900 | 13.0 | 0.550 | 0.500 | 0.050 | 0.070 | 1.00 | 0.19 | `(not recorded here)` |" \
         in result.stdout.splitlines()
+
+
+def test_held_out_lines_written_again_get_a_row_without_a_curve(tmp_path):
+    run = fake_run(tmp_path)
+    (run / "learning_curve.csv").unlink()
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "legibility_table.py"), str(run),
+                             "--at-step", "500"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| my_run | - | - | 0.550 | - | 0.050 | 0.070 | 1.00 | 0.19 | - | - | - | " \
+           "`python run.py experiment=legible` |" in result.stdout.splitlines()

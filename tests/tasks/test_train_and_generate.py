@@ -2,15 +2,17 @@
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from imuru_pl.pipeline import ImuruPipeline
 
-from cli_helpers import REPO, run_cli
+from cli_helpers import REPO, env, run_cli
 
 SAMPLES = sorted(p for p in (REPO.parent / "shared" / "samples").glob("*") if p.suffix in {".png", ".jpg"})
 
@@ -58,9 +60,51 @@ def test_long_text_becomes_a_page_and_export_import_is_identical(tiny_run: Path,
     first = ImuruPipeline.from_pretrained(tiny_run / "model")
     copy = first.save_pretrained(tmp_path / "copy")
     second = ImuruPipeline.from_pretrained(copy)
-    style = SAMPLES[0]
+    style = tmp_path / "style.png"  # drawn here: the test must not depend on the outside samples being present
+    drawn = Image.new("RGB", (240, 90), (236, 232, 220))
+    ImageDraw.Draw(drawn).line([(10 + 9 * i, 70 - 40 * (i % 2)) for i in range(25)], fill=(30, 30, 60), width=4)
+    drawn.save(style)
     a, b = first(style, "same words"), second(style, "same words")
     assert a.size == b.size and a.tobytes() == b.tobytes()
     text = " ".join(["several words of text"] * 6)
     page = first(style, text)
     assert len(first.wrap(text)) > 1 and page.height > 64
+
+
+def test_a_style_text_fits_the_plan_and_a_bad_one_is_one_sentence(tiny_run: Path, tmp_path: Path):
+    style = tmp_path / "style.png"
+    drawn = Image.new("L", (320, 64), 240)
+    ImageDraw.Draw(drawn).line([(8 + 10 * i, 50 - 30 * (i % 2)) for i in range(30)], fill=20, width=3)
+    drawn.save(style)
+    pipeline = ImuruPipeline.from_pretrained(tiny_run / "model")
+    with torch.no_grad():  # a dozen steps plan next to nothing; this head plans about 2.3 columns a letter
+        pipeline.model.duration_head[-1].weight.zero_()
+        pipeline.model.duration_head[-1].bias.fill_(1.2)
+    loaded = pipeline.load_styles([style])
+    # one letter for a 40-column line: the hand is measured far wider than planned (scale capped at 2)
+    wide, plain = (pipeline.generate_lines(loaded, ["hell"], style_text=t)[0] for t in ("a", None))
+    assert plain.shape[-1] == 8 * 4 * 2 and wide.shape[-1] == 8 * 4 * 5, "2.3 columns a letter, then 4.6"
+    out = tmp_path / "line.png"
+    common = [f"model_dir={tiny_run / 'model'}", f"style={style}", "text=hello", f"out={out}",
+              f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_cli("task=generate", *common, "style_text='what the style says'")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert Image.open(out).height == 64
+    out.unlink()
+    result = run_cli("task=generate", *common, "style_text=' '")
+    assert result.returncode != 0 and "style text is empty" in result.stdout + result.stderr and not out.exists()
+
+
+def test_heldout_lines_are_written_again_with_the_style_texts(tiny_run: Path, tmp_path: Path):
+    script = REPO / "scripts" / "heldout_lines.py"
+    result = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--out", str(tmp_path / "again"),
+                             "heldout.style_text_widths=true"], capture_output=True, text=True, timeout=600,
+                            env=env(), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "again" / "heldout" / "evaluation.json").read_text())["generated"]
+    assert report["style_text_widths"] is True and report["n_fake"] == 4 and 0.0 <= report["width_within_15"] <= 1
+    original = json.loads((tiny_run / "heldout" / "evaluation.json").read_text())["generated"]
+    assert original["style_text_widths"] is False
+    result = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--out", str(tiny_run)],
+                            capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
+    assert result.returncode == 2 and "names the run itself" in result.stderr

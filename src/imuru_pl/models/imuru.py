@@ -69,6 +69,7 @@ T5_DEFAULTS: dict[str, Any] = {
 
 StopArg = StopRule | Literal["model"] | None
 MAX_POSITIONS = 4096  # letters or decoder steps covered by `position_embeddings`
+WIDTH_SCALE_RANGE = (0.5, 2.0)  # how far the style line's own text may rescale a letter plan (`width_scale`)
 
 
 def sinusoids(length: int, channels: int) -> Tensor:
@@ -490,11 +491,33 @@ class Imuru(nn.Module):
         inputs = nn.functional.dropout(encoded + summary[:, None], self.duration_dropout, self.training)
         return self.duration_head(inputs).squeeze(-1)
 
-    def letter_widths(self, encoded: Tensor, text_ids: Tensor, style: Tensor, style_mask: Tensor) -> Tensor:
-        """(B, L) long: the planned width in columns of each text token (0 for EOS and padding)."""
+    def letter_widths(self, encoded: Tensor, text_ids: Tensor, style: Tensor, style_mask: Tensor,
+                      style_text: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """(B, L) long: the planned width in columns of each text token (0 for EOS and padding).
+
+        `style_text` (ids, mask of what the style line says, optional): the plan is scaled by the hand's
+        measured width against the width the head plans for the style line's own text (`width_scale`)."""
         summary, _ = self.writer_summary(style, style_mask)
-        widths = torch.expm1(self.log_durations(encoded, summary)).round().clamp_min(0).long()
+        widths = self._planned_columns(encoded, text_ids, summary)
+        if style_text is not None:
+            widths = widths * self.width_scale(summary, style_mask, *style_text)[:, None]
+        return widths.round().clamp_min(0).long()
+
+    def _planned_columns(self, encoded: Tensor, text_ids: Tensor, summary: Tensor) -> Tensor:
+        """(B, L) float columns the duration head gives each letter (0 for EOS and padding)."""
+        widths = torch.expm1(self.log_durations(encoded, summary)).clamp_min(0)
         return torch.where(text_ids >= BYTE_OFFSET, widths, torch.zeros_like(widths))
+
+    def width_scale(self, summary: Tensor, style_mask: Tensor, style_ids: Tensor, style_text_mask: Tensor) -> Tensor:
+        """(B,) the style line's width in columns over the width the duration head plans for its text,
+        clamped to [1/2, 2]: how much wider or narrower than predicted this hand writes. 1 where the style
+        text is empty. A hand unlike every training hand (an unseen script) is planned from the
+        letters it was seen to write, not only from its look."""
+        planned = self._planned_columns(self.encode_text(style_ids, style_text_mask), style_ids, summary).sum(1)
+        measured = style_mask.sum(1).to(planned.dtype)
+        known = (style_ids >= BYTE_OFFSET).any(1) & (planned > 0)
+        scale = (measured / planned.clamp_min(1e-6)).clamp(WIDTH_SCALE_RANGE[0], WIDTH_SCALE_RANGE[1])
+        return torch.where(known, scale, torch.ones_like(scale))
 
     def encode_text(self, text_ids: Tensor, text_mask: Tensor) -> Tensor:
         embeds = self.encoder.embed_tokens(text_ids)
@@ -534,6 +557,7 @@ class Imuru(nn.Module):
         max_new_columns: int | None = None,
         stop: StopArg = "model",
         return_stopped: bool = False,
+        style_text: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, ...]:
         """Write the texts in the styles, one decoder step (`reduction_factor` columns) at a time with a KV cache.
 
@@ -541,7 +565,9 @@ class Imuru(nn.Module):
         after its last non-blank column (columns beyond are the padding latent); without one
         (`stop=None`), every sample has `max_new_columns` columns. With `aligned_letters` the planned
         letter widths decide each length instead (`stop` is not consulted). `return_stopped` adds (B,)
-        bool: the samples that stopped by themselves rather than at the column cap.
+        bool: the samples that stopped by themselves rather than at the column cap. `style_text` (ids, mask:
+        what each style line says; optional, `aligned_letters` only) scales each plan to the hand's measured
+        width (`width_scale`); an empty text leaves its plan as it is.
         """
         steps, rule = self._generation_setup(style_mask, max_new_columns, stop)
         r = self.reduction_factor
@@ -549,7 +575,7 @@ class Imuru(nn.Module):
             encoded = self.encode_text(text_ids, text_mask)
             prefix, prefix_mask = self.style_prefix(style, style_mask)
             batch = prefix.shape[0]
-            plan = self._letter_plan(encoded, text_ids, text_mask, style, style_mask, steps)
+            plan = self._letter_plan(encoded, text_ids, text_mask, style, style_mask, steps, style_text)
             if plan is not None:  # the planned widths decide where each line ends
                 rule, stop = None, None
             decoder_steps = plan.steps if plan is not None else -(-steps // r)
@@ -571,12 +597,16 @@ class Imuru(nn.Module):
             return (columns, lengths, stopped) if return_stopped else (columns, lengths)
 
     def _letter_plan(self, encoded: Tensor, text_ids: Tensor, text_mask: Tensor, style: Tensor,
-                     style_mask: Tensor, columns: int) -> LetterPlan | None:
+                     style_mask: Tensor, columns: int,
+                     style_text: tuple[Tensor, Tensor] | None = None) -> LetterPlan | None:
         """With `aligned_letters`: the planned letters of every decoder step (inputs precomputed once) and
         each line's planned length; None otherwise."""
         if not self.aligned_letters:
+            if style_text is not None:
+                raise UserError("A style text scales the planned letter widths, and this model plans none "
+                                "(it was trained without model.aligned_letters): leave the style text out.")
             return None
-        widths = self.letter_widths(encoded, text_ids, style, style_mask)
+        widths = self.letter_widths(encoded, text_ids, style, style_mask, style_text)
         planned = widths.sum(1)
         lengths = planned.clamp_max(columns)
         steps = max(1, -(-int(lengths.max()) // self.reduction_factor))
@@ -622,6 +652,7 @@ class Imuru(nn.Module):
         style_mask: Tensor,
         max_new_columns: int | None = None,
         stop: StopArg = "model",
+        style_text: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The reference loop: encoder and whole decoder re-run for every column, no cache.
 
@@ -632,7 +663,7 @@ class Imuru(nn.Module):
         with self._eval_mode():
             batch = text_ids.shape[0]
             plan = self._letter_plan(self.encode_text(text_ids, text_mask), text_ids, text_mask, style,
-                                     style_mask, steps)
+                                     style_mask, steps, style_text)
             if plan is not None:
                 rule, stop = None, None
             decoder_steps = plan.steps if plan is not None else -(-steps // r)

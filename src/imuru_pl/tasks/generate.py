@@ -3,7 +3,8 @@
 `style` may be one image or a list (`style='[a.png,b.png]'`: their columns form one prefix);
 `text` may be a string or a list of strings (one output per text: out_0.png, out_1.png, ...);
 a text with commas needs Hydra quoting: 'text="Hello, world"'. `text_file=<txt>` adds a file's text.
-Text longer than one line is wrapped and written as a page.
+Text longer than one line is wrapped and written as a page. `style_text="<what the style says>"`
+(optional; models with aligned letters) fits the letters' widths to the hand.
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ def run(cfg: DictConfig) -> dict:
         raise UserError('Give a text to write: text="..." or text_file=<file> (the text is empty).')
     pipeline = ImuruPipeline.from_pretrained(to_absolute_path(str(cfg.model_dir)), device=cfg.get("device", "cpu"))
     style = pipeline.load_styles(styles)  # validates every image before anything is written
-    pages = [pipeline.write(style, text) for text in progress(texts, desc="Writing", unit="text")]
+    style_text = cfg.get("style_text")
+    if style_text is not None:
+        style_text = pipeline.check_style_text(str(style_text))
+    pages = [pipeline.write(style, text, style_text) for text in progress(texts, desc="Writing", unit="text")]
     paths = output_paths(str(cfg.out), len(pages))
     for page, path in zip(pages, paths):
         save_atomically(page, path)

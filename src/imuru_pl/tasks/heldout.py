@@ -6,6 +6,8 @@ themselves for real data) and `wrong_writer/` (the same texts by a different hel
 the true writer: the baseline that shows what a style miss costs). Synthetic writers can render any text;
 for real data the baseline takes a line of another test writer with the SAME text, and texts nobody else
 wrote are left out of it (logged). The evaluation report compares generated and wrong-writer lines with real.
+`heldout.style_text_widths=true` hands the model each style line's text, which fits its letter plan to the
+hand (`Imuru.width_scale`); off by default, as the protocol gives the model no transcription.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from omegaconf import DictConfig
 from imuru_pl.console import progress
 from imuru_pl.data.batch import collate_lines, spread_samples
 from imuru_pl.data.image import tensor_to_image
+from imuru_pl.errors import UserError
 from imuru_pl.metrics.evaluator import evaluate_sets
 from imuru_pl.metrics.folders import write_folder
 from imuru_pl.metrics.geometry import line_geometry
@@ -49,12 +52,16 @@ def write_heldout_lines(cfg: DictConfig, pipeline: ImuruPipeline, datamodule, ou
     datamodule.setup("test")
     samples = spread_samples(datamodule.test_dataset, count)
     batch_size = int(cfg.data.get("eval_batch_size", 8))
+    with_style_text = bool(settings.get("style_text_widths", False))
+    if with_style_text and not pipeline.model.aligned_letters:
+        raise UserError("heldout.style_text_widths scales the planned letter widths, and this model plans "
+                        "none (model.aligned_letters=false): set heldout.style_text_widths=false.")
     generated: list[torch.Tensor] = []
     lengths, stopped, real_widths = [], [], []
     for start in progress(range(0, len(samples), batch_size), desc="Held-out lines", unit="batch"):
         batch = collate_lines(samples[start : start + batch_size])
         written = write_lines_detailed(pipeline.model, pipeline.vae, batch.style, batch.style_widths,
-                                       batch.texts)
+                                       batch.texts, style_texts=batch.style_texts if with_style_text else None)
         generated += written.images
         lengths.append(written.lengths)
         stopped.append(written.stopped)
@@ -86,7 +93,8 @@ def write_heldout_lines(cfg: DictConfig, pipeline: ImuruPipeline, datamodule, ou
     log.info("Wrote %d held-out lines (style | generated | real grid: %s)", len(samples), root / "grid.png")
     result = {"heldout_dir": str(root)}
     if settings.get("evaluate", True):
-        report = {"generated": {**evaluate_sets(fake, real, cfg.metrics), **geometry}}
+        report = {"generated": {**evaluate_sets(fake, real, cfg.metrics), **geometry,
+                                "style_text_widths": with_style_text}}
         if wrong:  # against the real lines of the same texts only
             names = {item.name for item in wrong}
             report["wrong_writer"] = evaluate_sets(wrong, [r for r in real if r.name in names], cfg.metrics)
