@@ -118,13 +118,11 @@ class ImuruPipeline:
         return write_lines(self.model, self.vae, images, widths, texts, max_new_columns, style_texts)
 
     def check_style_text(self, style_text: str) -> str:
-        """The style image's text as the model takes it: one line, and only for a model that plans widths."""
+        """The style image's text as the model takes it: one line (a model without a letter plan refuses it
+        in `Imuru.generate`)."""
         text = " ".join(str(style_text).split())
         if not text:
             raise UserError("The style text is empty: give what the style image says, or leave it out.")
-        if not self.model.aligned_letters:
-            raise UserError("A style text scales the planned letter widths, and this model plans none "
-                            "(it was trained without model.aligned_letters): leave the style text out.")
         return text
 
     def wrap(self, text: str) -> list[str]:

@@ -22,7 +22,6 @@ from omegaconf import DictConfig
 from imuru_pl.console import progress
 from imuru_pl.data.batch import collate_lines, spread_samples
 from imuru_pl.data.image import tensor_to_image
-from imuru_pl.errors import UserError
 from imuru_pl.metrics.evaluator import evaluate_sets
 from imuru_pl.metrics.folders import write_folder
 from imuru_pl.metrics.geometry import line_geometry
@@ -52,10 +51,7 @@ def write_heldout_lines(cfg: DictConfig, pipeline: ImuruPipeline, datamodule, ou
     datamodule.setup("test")
     samples = spread_samples(datamodule.test_dataset, count)
     batch_size = int(cfg.data.get("eval_batch_size", 8))
-    with_style_text = bool(settings.get("style_text_widths", False))
-    if with_style_text and not pipeline.model.aligned_letters:
-        raise UserError("heldout.style_text_widths scales the planned letter widths, and this model plans "
-                        "none (model.aligned_letters=false): set heldout.style_text_widths=false.")
+    with_style_text = bool(settings.get("style_text_widths", False))  # a model without a plan refuses it
     generated: list[torch.Tensor] = []
     lengths, stopped, real_widths = [], [], []
     for start in progress(range(0, len(samples), batch_size), desc="Held-out lines", unit="batch"):
