@@ -5,8 +5,8 @@
 Loads `<run>/.hydra/config.yaml` (the run's composed config) and `<run>/model`, applies the overrides
 (e.g. `heldout.style_text_widths=true`, `heldout.num_lines=128`) and runs the same held-out step as the end
 of training (`imuru_pl.tasks.heldout`): `<out>/heldout/` gets the generated, real and wrong-writer lines,
-the grid and `evaluation.json`. `scripts/legibility_table.py --families` reads the widths per font family
-when `--out` is given as the run. Prints the headline figures as one JSON line.
+the grid and `evaluation.json`. `scripts/legibility_table.py <out> --families` reads `<out>` as it reads a
+run (figures and widths per font family; no learning curve). Prints the headline figures as one JSON line.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def main() -> int:
             raise UserError(f"{args.run} holds no .hydra/config.yaml: give a run directory written by run.py.")
         if args.out.resolve() == args.run.resolve():
             raise UserError("--out names the run itself; give another directory so the run's own lines stay.")
+        bad = [o for o in args.overrides if "=" not in o]
+        if bad:
+            raise UserError(f"Overrides are key=value; got {' '.join(bad)}.")
         cfg = OmegaConf.merge(OmegaConf.load(config), OmegaConf.from_dotlist(args.overrides))
         cfg.paths.output_dir = str(args.out)  # the run's own pointed at Hydra's runtime, absent here
         pipeline = ImuruPipeline.from_pretrained(args.run / "model")
