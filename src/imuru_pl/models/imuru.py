@@ -516,7 +516,7 @@ class Imuru(nn.Module):
         planned = self._planned_columns(self.encode_text(style_ids, style_text_mask), style_ids, summary).sum(1)
         measured = style_mask.sum(1).to(planned.dtype)
         known = (style_ids >= BYTE_OFFSET).any(1) & (planned > 0)
-        scale = (measured / planned.clamp_min(1e-6)).clamp(WIDTH_SCALE_RANGE[0], WIDTH_SCALE_RANGE[1])
+        scale = (measured / planned.clamp_min(1e-6)).clamp(*WIDTH_SCALE_RANGE)
         return torch.where(known, scale, torch.ones_like(scale))
 
     def encode_text(self, text_ids: Tensor, text_mask: Tensor) -> Tensor:

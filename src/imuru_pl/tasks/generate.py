@@ -74,9 +74,7 @@ def run(cfg: DictConfig) -> dict:
         raise UserError('Give a text to write: text="..." or text_file=<file> (the text is empty).')
     pipeline = ImuruPipeline.from_pretrained(to_absolute_path(str(cfg.model_dir)), device=cfg.get("device", "cpu"))
     style = pipeline.load_styles(styles)  # validates every image before anything is written
-    style_text = cfg.get("style_text")
-    if style_text is not None:
-        style_text = pipeline.check_style_text(str(style_text))
+    style_text = cfg.get("style_text")  # checked by the pipeline before the first line; pages are saved after all
     pages = [pipeline.write(style, text, style_text) for text in progress(texts, desc="Writing", unit="text")]
     paths = output_paths(str(cfg.out), len(pages))
     for page, path in zip(pages, paths):
