@@ -4,9 +4,12 @@
 
 Loads `<run>/.hydra/config.yaml` (the run's composed config) and `<run>/model`, applies the overrides
 (e.g. `heldout.style_text_widths=true`, `heldout.num_lines=128`) and runs the same held-out step as the end
-of training (`imuru_pl.tasks.heldout`): `<out>/heldout/` gets the generated, real and wrong-writer lines,
-the grid and `evaluation.json`. `scripts/legibility_table.py <out> --families` reads `<out>` as it reads a
-run (figures and widths per font family; no learning curve). Prints the headline figures as one JSON line.
+of training (`imuru_pl.tasks.heldout`). `--checkpoint <ckpt> --weights trained|average` puts a training
+checkpoint's weights into the exported model first: with `optim.ema_decay` on, a checkpoint holds both the
+trained weights and their moving average, so the two are scored on the same step of the same run.
+`<out>/heldout/` gets the generated, real and wrong-writer lines, the grid and `evaluation.json`.
+`scripts/legibility_table.py <out> --families` reads `<out>` as it reads a run (figures and widths per font
+family; no learning curve). Prints the headline figures as one JSON line.
 """
 
 from __future__ import annotations
@@ -21,15 +24,33 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from imuru_pl.callbacks.checkpoint import read_checkpoint
 from imuru_pl.errors import UserError
 from imuru_pl.pipeline import ImuruPipeline
 from imuru_pl.tasks.heldout import write_heldout_lines
+
+
+def load_checkpoint_weights(pipeline: ImuruPipeline, path: Path, weights: str) -> None:
+    """The checkpoint's `model.*` (trained) or `ema_model.*` (average) weights into the pipeline's model."""
+    state = read_checkpoint(path)["state_dict"]
+    prefix = "ema_model." if weights == "average" else "model."
+    chosen = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    if not chosen:
+        raise UserError(f"{path} holds no moving average of the weights (trained with optim.ema_decay=0); "
+                        "use --weights trained.")
+    try:
+        pipeline.model.load_state_dict(chosen)
+    except RuntimeError as err:
+        raise UserError(f"{path} does not fit the run's model ({str(err).splitlines()[0]}).") from None
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, type=Path, help="a finished training run (<run>/model, <run>/.hydra)")
     parser.add_argument("--out", required=True, type=Path, help="where heldout/ is written (not the run itself)")
+    parser.add_argument("--checkpoint", type=Path, help="a training checkpoint of the run whose weights are scored")
+    parser.add_argument("--weights", choices=("trained", "average"), default="average",
+                        help="with --checkpoint: the optimiser's weights or their moving average (optim.ema_decay)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the run's config")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -45,6 +66,8 @@ def main() -> int:
         cfg = OmegaConf.merge(OmegaConf.load(config), OmegaConf.from_dotlist(args.overrides))
         cfg.paths.output_dir = str(args.out)  # the run's own pointed at Hydra's runtime, absent here
         pipeline = ImuruPipeline.from_pretrained(args.run / "model")
+        if args.checkpoint is not None:
+            load_checkpoint_weights(pipeline, args.checkpoint, args.weights)
         result = write_heldout_lines(cfg, pipeline, instantiate(cfg.data), args.out)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -21,6 +21,8 @@ from cli_helpers import TINY_TRAIN, run_cli  # noqa: E402
 def tiny_run(tmp_path_factory) -> Path:
     """One tiny end-to-end training run through run.py, shared by the tests that need a trained model."""
     run_dir = tmp_path_factory.mktemp("tiny_run")
-    result = run_cli(*TINY_TRAIN, f"hydra.run.dir={run_dir}")
+    # With the moving average of the weights on: the export, generation and scripts/heldout_lines.py run
+    # through it (its own tests: tests/models/test_ema_and_schedules.py).
+    result = run_cli(*TINY_TRAIN, "optim.ema_decay=0.5", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir

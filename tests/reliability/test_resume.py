@@ -19,6 +19,7 @@ SETTINGS = [
     f"callbacks.model_checkpoint.every_n_train_steps={EVERY}",
     "optim.lr=3e-3",  # a real learning rate, so a wrong batch shows in the weights
     "optim.warmup_steps=2",
+    "optim.ema_decay=0.9",  # the moving average of the weights resumes bit for bit too
     # The latent cache is rebuilt after a resume, and the VAE's GroupNorm sees the padded batch width, so a
     # line re-encoded in another batch gets slightly different latents: exact only without it (see docs).
     "data.latent_cache=false",

@@ -108,3 +108,26 @@ def test_heldout_lines_are_written_again_with_the_style_texts(tiny_run: Path, tm
     result = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--out", str(tiny_run)],
                             capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
     assert result.returncode == 2 and "names the run itself" in result.stderr
+
+
+def test_heldout_lines_score_a_checkpoints_trained_weights_or_their_average(tiny_run: Path, tmp_path: Path):
+    script = REPO / "scripts" / "heldout_lines.py"
+    last = tiny_run / "checkpoints" / "last.ckpt"
+
+    def heldout(weights: str, checkpoint: Path = last, out: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--out",
+                               str(tmp_path / (out or weights)), "--checkpoint", str(checkpoint), "--weights",
+                               weights], capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
+
+    for weights in ("trained", "average"):
+        result = heldout(weights)
+        assert result.returncode == 0, result.stderr[-3000:]
+    lines = [sorted((tmp_path / w / "heldout" / "generated").rglob("*.png")) for w in ("trained", "average")]
+    assert len(lines[0]) == len(lines[1]) == 4
+    assert any(a.read_bytes() != b.read_bytes() for a, b in zip(*lines)), "the two sets of weights write alike"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    state["state_dict"] = {k: v for k, v in state["state_dict"].items() if not k.startswith("ema_model.")}
+    torch.save(state, tmp_path / "plain.ckpt")
+    result = heldout("average", tmp_path / "plain.ckpt", out="plain")
+    assert result.returncode == 2 and "holds no moving average" in result.stderr
+    assert not (tmp_path / "plain").exists(), "nothing is written for a refused checkpoint"

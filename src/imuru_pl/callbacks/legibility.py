@@ -88,7 +88,7 @@ class LegibilityCurve(L.Callback):
     # -- the measurement -------------------------------------------------------------------------------
     def _active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         return (self.enabled and trainer.is_global_zero and not trainer.sanity_checking
-                and hasattr(pl_module, "model") and hasattr(pl_module, "vae"))
+                and hasattr(pl_module, "eval_model") and hasattr(pl_module, "vae"))
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float] | None:
         if not self._active(trainer, pl_module) or not (self.heldout or self.seen):
@@ -120,8 +120,8 @@ class LegibilityCurve(L.Callback):
         vae = pl_module._vae_on_device()
         for start in range(0, len(samples), self.eval_batch_size):
             batch = collate_lines(samples[start : start + self.eval_batch_size])
-            written = write_lines_detailed(pl_module.model, vae, batch.style, batch.style_widths, batch.texts,
-                                           self.max_new_columns)
+            written = write_lines_detailed(pl_module.eval_model, vae, batch.style, batch.style_widths,
+                                           batch.texts, self.max_new_columns)
             images += [tensor_to_image(image) for image in written.images]
             texts += batch.texts
             lengths.append(written.lengths)

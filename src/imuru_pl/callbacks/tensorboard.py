@@ -38,6 +38,7 @@ HPARAM_KEYS: dict[str, str] = {
     "weight_decay": "optim.weight_decay",
     "scheduler": "optim.scheduler",
     "warmup_steps": "optim.warmup_steps",
+    "ema_decay": "optim.ema_decay",
     "batch_size": "data.batch_size",
     "accumulate_grad_batches": "trainer.accumulate_grad_batches",
     "devices": "trainer.devices",

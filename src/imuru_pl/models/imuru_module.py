@@ -6,11 +6,12 @@ the run, as a diffusers directory), so checkpoints carry only what trains.
 
 from __future__ import annotations
 
+import copy
 import logging
-import math
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from torch import Tensor
 
 from imuru_pl.data.batch import COLUMN_PX, LineBatch
@@ -19,6 +20,7 @@ from imuru_pl.models.imuru import Imuru
 from imuru_pl.models.latents import LatentEncoder, length_mask
 from imuru_pl.models.reader import LineReader
 from imuru_pl.models.vae import LineVAE
+from imuru_pl.models.schedules import check_optim_config, lr_factor
 from imuru_pl.pipeline import write_lines
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,17 @@ class ImuruModule(L.LightningModule):
         self.__dict__["reader"] = reader.eval().requires_grad_(False) if reader is not None else None
         self.reader_weight, self.reader_lines = float(reader_weight), int(reader_lines)
         self.reader_start_step = int(reader_start_step)
+        # An exponential moving average of the weights (optim.ema_decay > 0): a frozen copy, in the state dict
+        # (so checkpoints and resume keep it), never in the optimiser; validation, generation and the export
+        # use it (`eval_model`).
+        check_optim_config(self.optim)
+        self.ema_decay = float(self.optim.get("ema_decay", 0.0) or 0.0)
+        self.ema_model = copy.deepcopy(model).requires_grad_(False) if self.ema_decay > 0 else None
+
+    @property
+    def eval_model(self) -> Imuru:
+        """The weights that validate, generate and are exported: the moving average when it is on."""
+        return self.ema_model if self.ema_model is not None else self.model
 
     # -- device handling for the unregistered VAE -------------------------------------------
     def _vae_on_device(self) -> LineVAE:
@@ -60,7 +73,7 @@ class ImuruModule(L.LightningModule):
 
     def _step(self, batch: LineBatch, stage: str) -> Tensor:
         inputs, counts = self._inputs_and_counts(batch)
-        out = self.model(**inputs)
+        out = (self.model if stage == "train" else self.eval_model)(**inputs)
         loss, losses = out.loss, dict(out.losses)
         if (self.reader is not None and self.reader_weight > 0 and stage == "train"
                 and self.global_step >= self.reader_start_step):
@@ -120,6 +133,33 @@ class ImuruModule(L.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self._drop_update = False
 
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema_model is not None:
+            self._update_ema()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # The usual warm-up of the decay, (1 + n) / (10 + n), so the first steps' weights do not linger.
+        step = self.trainer.global_step if self._trainer is not None else 0
+        decay = min(self.ema_decay, (1.0 + step) / (10.0 + step))
+        averaged = list(self.ema_model.parameters())
+        torch._foreach_lerp_(averaged, [p.detach() for p in self.model.parameters()], 1.0 - decay)
+        for mine, theirs in zip(self.ema_model.buffers(), self.model.buffers()):
+            mine.copy_(theirs)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint written with the other `optim.ema_decay` setting: start the average from its weights,
+        or leave its average out."""
+        state = checkpoint.get("state_dict", {})
+        has_ema = any(key.startswith("ema_model.") for key in state)
+        if self.ema_model is not None and not has_ema:
+            state.update({"ema_" + key: value.clone() for key, value in list(state.items())
+                          if key.startswith("model.")})
+        elif self.ema_model is None and has_ema:
+            for key in [key for key in state if key.startswith("ema_model.")]:
+                del state[key]
+
     def validation_step(self, batch: LineBatch, batch_idx: int) -> Tensor:
         return self._step(batch, "val")
 
@@ -129,7 +169,7 @@ class ImuruModule(L.LightningModule):
     # -- generation for callbacks -----------------------------------------------------------------
     def generate_batch(self, batch: LineBatch, max_new_columns: int | None = None) -> list[Tensor]:
         """Generated line images (1, 64, w_i) in [-1, 1], on the CPU, for each (style, text) of a batch."""
-        return write_lines(self.model, self._vae_on_device(), batch.style, batch.style_widths,
+        return write_lines(self.eval_model, self._vae_on_device(), batch.style, batch.style_widths,
                            batch.texts, max_new_columns)
 
     # -- optimisation ----------------------------------------------------------------------------
@@ -139,30 +179,25 @@ class ImuruModule(L.LightningModule):
                                       weight_decay=float(cfg["weight_decay"]),
                                       betas=tuple(cfg.get("betas", (0.9, 0.999))), eps=float(cfg.get("eps", 1e-8)))
         kind = cfg.get("scheduler", "cosine")
-        warmup = int(cfg.get("warmup_steps", 0))
-        if kind == "constant":  # after the linear warm-up
-            if warmup <= 0:
-                return optimizer
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-            return {"optimizer": optimizer,
-                    "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
         if kind == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, factor=float(cfg["plateau_factor"]), patience=int(cfg["plateau_patience"]))
             return {"optimizer": optimizer,
                     "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch",
                                      "name": "train/lr"}}
-        if kind != "cosine":
-            raise ValueError(f"optim.scheduler must be cosine, plateau or constant, not {kind!r}")
-        floor = float(cfg.get("min_lr_ratio", 0.0))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
+        if kind == "constant" and int(cfg.get("warmup_steps", 0)) <= 0:
+            return optimizer
+        factor = lr_factor(cfg, total_steps=max(1, int(self.trainer.estimated_stepping_batches)),
+                           time_progress=self._time_progress)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+
+    def _time_progress(self) -> float:
+        """Share of `trainer.max_time` spent so far (0 without a time cap); Lightning's timer keeps it
+        across a resume."""
+        timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
+        if timer is None:
+            return 0.0
+        elapsed, left = timer.time_elapsed("train"), timer.time_remaining("train")
+        return 0.0 if left is None or elapsed + left <= 0 else min(1.0, elapsed / (elapsed + left))

@@ -18,6 +18,7 @@ from imuru_pl.models.imuru import Imuru
 from imuru_pl.models.imuru_module import ImuruModule
 from imuru_pl.models.reader import LineReader
 from imuru_pl.models.reference_checkpoint import load_model_dir
+from imuru_pl.models.schedules import check_optim_config
 from imuru_pl.models.vae import LineVAE
 from imuru_pl.pipeline import ImuruPipeline
 from imuru_pl.tasks.common import build_trainer, output_dir
@@ -63,6 +64,7 @@ def run(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     precheck_ckpt_path(cfg.get("ckpt_path"))  # a wrong path fails now, not after the VAE has trained
     check_reader_config(cfg.reader)
+    check_optim_config(cfg.optim)  # before the VAE stage, not after it
     init = init_dir(cfg)
     model = None
     if init is None:
@@ -90,7 +92,7 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _export_and_write(cfg: DictConfig, module: ImuruModule, vae: LineVAE, datamodule, out: Path) -> dict:
-    pipeline = ImuruPipeline(module.model.cpu(), vae.cpu())
+    pipeline = ImuruPipeline(module.eval_model.cpu(), vae.cpu())  # the moving average when it is on
     export_dir = pipeline.save_pretrained(out / EXPORT_SUBDIR)
     log.info("Exported model: %s", export_dir)
     return {"model_dir": str(export_dir), **write_heldout_lines(cfg, pipeline, datamodule, out)}
