@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from safetensors.torch import load_file
 
 from imuru_pl.pipeline import ImuruPipeline
 
-from cli_helpers import REPO, env, run_cli
+from cli_helpers import REPO, TINY_TRAIN, env, run_cli
 
 SAMPLES = sorted(p for p in (REPO.parent / "shared" / "samples").glob("*") if p.suffix in {".png", ".jpg"})
 
@@ -131,3 +132,17 @@ def test_heldout_lines_score_a_checkpoints_trained_weights_or_their_average(tiny
     result = heldout("average", tmp_path / "plain.ckpt", out="plain")
     assert result.returncode == 2 and "holds no moving average" in result.stderr
     assert not (tmp_path / "plain").exists(), "nothing is written for a refused checkpoint"
+
+
+def test_export_weights_last_exports_the_average_training_ended_with(tiny_run: Path, tmp_path: Path):
+    run_dir = tmp_path / "last"
+    common = [*TINY_TRAIN, f"vae.pretrained={tiny_run / 'model' / 'vae'}", "optim.ema_decay=0.5", "heldout.num_lines=0"]
+    result = run_cli(*common, "export_weights=last", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = load_file(run_dir / "model" / "model.safetensors")
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert state and all(torch.equal(exported[k[len("ema_model."):]], v) for k, v in state.items()
+                         if k.startswith("ema_model.")), "the export is the last checkpoint's moving average"
+    result = run_cli(*common, "export_weights=first", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert result.returncode != 0 and "export_weights must be best or last" in result.stdout + result.stderr
+    assert not (tmp_path / "bad" / "model").exists()

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imuru_pl.callbacks.checkpoint import precheck_ckpt_path, resolve_ckpt_path
 from imuru_pl.callbacks.tensorboard import log_final_metrics
+from imuru_pl.errors import UserError
 from imuru_pl.models.imuru import Imuru
 from imuru_pl.models.imuru_module import ImuruModule
 from imuru_pl.models.reader import LineReader
@@ -51,6 +52,13 @@ def best_weights(trainer: L.Trainer, module: ImuruModule) -> None:
         log.info("Exporting the best checkpoint by val/loss: %s", path)
 
 
+def export_choice(cfg: DictConfig) -> str:
+    choice = str(cfg.get("export_weights", "best"))
+    if choice not in ("best", "last"):
+        raise UserError(f"export_weights must be best or last, not {choice!r}.")
+    return choice
+
+
 def init_dir(cfg: DictConfig) -> Path | None:
     """`init_from`: an exported model (or a reference checkpoint) whose weights and frozen VAE training
     starts from."""
@@ -65,6 +73,7 @@ def run(cfg: DictConfig) -> dict:
     precheck_ckpt_path(cfg.get("ckpt_path"))  # a wrong path fails now, not after the VAE has trained
     check_reader_config(cfg.reader)
     check_optim_config(cfg.optim)  # before the VAE stage, not after it
+    export_choice(cfg)
     init = init_dir(cfg)
     model = None
     if init is None:
@@ -83,7 +92,10 @@ def run(cfg: DictConfig) -> dict:
     result = {"output_dir": str(out), "vae_dir": str(vae_dir), "global_step": trainer.global_step,
               "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
     if trainer.is_global_zero and not trainer.fast_dev_run:
-        best_weights(trainer, module)
+        if export_choice(cfg) == "best":
+            best_weights(trainer, module)
+        else:
+            log.info("Exporting the weights training ended with (step %d).", trainer.global_step)
         result.update(_export_and_write(cfg, module, vae, datamodule, out))
         log_final_metrics(trainer, cfg, result)  # eval/* scalars + the HParams entry
     result["minutes"] = round((time.time() - started) / 60, 2)
