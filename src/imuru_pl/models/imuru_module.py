@@ -19,8 +19,8 @@ from imuru_pl.errors import UserError
 from imuru_pl.models.imuru import Imuru
 from imuru_pl.models.latents import LatentEncoder, length_mask
 from imuru_pl.models.reader import LineReader
-from imuru_pl.models.vae import LineVAE
 from imuru_pl.models.schedules import check_optim_config, lr_factor
+from imuru_pl.models.vae import LineVAE
 from imuru_pl.pipeline import write_lines
 
 log = logging.getLogger(__name__)
@@ -143,10 +143,9 @@ class ImuruModule(L.LightningModule):
         # The usual warm-up of the decay, (1 + n) / (10 + n), so the first steps' weights do not linger.
         step = self.trainer.global_step if self._trainer is not None else 0
         decay = min(self.ema_decay, (1.0 + step) / (10.0 + step))
+        # Parameters only: the buffers (the VAE's statistics) are set before the module is built.
         averaged = list(self.ema_model.parameters())
         torch._foreach_lerp_(averaged, [p.detach() for p in self.model.parameters()], 1.0 - decay)
-        for mine, theirs in zip(self.ema_model.buffers(), self.model.buffers()):
-            mine.copy_(theirs)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint written with the other `optim.ema_decay` setting: start the average from its weights,
