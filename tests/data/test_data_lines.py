@@ -151,3 +151,23 @@ def test_unknown_writer_and_bad_sizes_are_user_errors(data):
         synthetic(max_width=4)
     with pytest.raises(UserError, match="data.style"):
         synthetic(style={"slantiness": [0, 1]})
+    with pytest.raises(UserError, match=r"data.train_style.width must be \[low, high\]"):
+        synthetic(train_style={"width": [1.3, 0.7]})
+
+
+def test_train_style_varies_training_hands_only(data):
+    """data.train_style replaces ranges for training writers; validation and test writers, and every other
+    parameter of the training writers, are drawn as before."""
+    wide = synthetic(train_style={"width": [0.5, 1.5]})
+    assert wide.fingerprint != data.fingerprint
+    for split in ("val", "test"):
+        assert [w.style for w in wide.writers[split]] == [w.style for w in data.writers[split]]
+        for writer in wide.writers[split]:
+            assert np.array_equal(wide.line(writer, 0).mask, data.line(writer.id, 0).mask)
+    widths = []
+    for writer in wide.writers["train"]:
+        before = data.writer(writer.id).style
+        assert writer.style.slant == before.slant and writer.style.size == before.size
+        assert 0.5 <= writer.style.width <= 1.5
+        widths.append((writer.style.width - 1.0) / (before.width - 1.0))  # the same draw, a wider range
+    assert np.allclose(widths, 0.5 / 0.15)

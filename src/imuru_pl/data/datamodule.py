@@ -58,6 +58,7 @@ class LineDataModule(L.LightningDataModule):
         curriculum: dict | None = None,
         bucket_batches: int = 0,
         style: dict | None = None,
+        train_style: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -97,6 +98,7 @@ class LineDataModule(L.LightningDataModule):
             test_fonts=test_fonts,
             max_width=max_width,
             style=style,
+            train_style=train_style,
         )
         self.stores: dict[str, LineStore] = {}
         self.train_dataset: LinePairs | None = None

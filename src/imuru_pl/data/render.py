@@ -11,7 +11,7 @@ so every line of a writer has the same scale and baseline and no glyph is ever c
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 from PIL import Image
@@ -81,21 +81,23 @@ class StyleRanges:
     plain_paper: float = 0.3  # share of writers on plain white paper without texture or grain
 
     @classmethod
-    def from_config(cls, values: dict | None) -> StyleRanges:
+    def from_config(cls, values: dict | None, base: StyleRanges | None = None, key: str = "data.style"
+                    ) -> StyleRanges:
+        """Ranges from a config mapping; keys it leaves out keep `base`'s ranges (the defaults without one)."""
         values = dict(values or {})
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
-            raise UserError(f"Unknown writer style key(s) in data.style: {', '.join(sorted(unknown))}.")
+            raise UserError(f"Unknown writer style key(s) in {key}: {', '.join(sorted(unknown))}.")
         parsed = {}
-        for key, value in values.items():
-            if key == "plain_paper":
-                parsed[key] = float(value)
+        for name, value in values.items():
+            if name == "plain_paper":
+                parsed[name] = float(value)
                 continue
             lo, hi = (float(v) for v in value)
             if lo > hi:
-                raise UserError(f"data.style.{key} must be [low, high] with low <= high; got {list(value)}.")
-            parsed[key] = (lo, hi)
-        return cls(**parsed)
+                raise UserError(f"{key}.{name} must be [low, high] with low <= high; got {list(value)}.")
+            parsed[name] = (lo, hi)
+        return replace(base or cls(), **parsed)
 
     def sample(self, rng: np.random.Generator) -> WriterStyle:
         def draw(key: str) -> float:

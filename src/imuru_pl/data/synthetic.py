@@ -140,8 +140,11 @@ def build_writers(
     test_fonts: int | list[str],
     seed: int,
     ranges: StyleRanges,
+    train_ranges: StyleRanges | None = None,
 ) -> dict[str, list[Writer]]:
-    """Writers of every split; each writer's style is drawn from a generator seeded by its id."""
+    """Writers of every split; each writer's style is drawn from a generator seeded by its id, from
+    `train_ranges` for training writers when given (the draws are the same, so a parameter whose range is
+    not changed keeps its value)."""
     if writers_per_font < 1:
         raise UserError(f"data.writers_per_font must be at least 1; got {writers_per_font}.")
     assignment = split_families([f.name for f in families], val_fonts, test_fonts, seed)
@@ -159,7 +162,8 @@ def build_writers(
                 split = assignment[family.name]
             else:
                 split = {writers_per_font - 2: "val", writers_per_font - 1: "test"}.get(index, "train")
-            style = ranges.sample(np.random.default_rng(stable_seed(seed, "writer", writer_id)))
+            drawn_from = train_ranges if split == "train" and train_ranges is not None else ranges
+            style = drawn_from.sample(np.random.default_rng(stable_seed(seed, "writer", writer_id)))
             writers[split].append(Writer(writer_id, family, style, split))
     rule = "whole font families" if assignment is not None else "the last two writers of each family"
     log.info(
@@ -188,6 +192,7 @@ class SyntheticHandwriting:
         test_fonts: int | list[str] = 2,
         max_width: int | None = 512,
         style: dict | None = None,
+        train_style: dict | None = None,
     ):
         low, high = (int(v) for v in words_per_line)
         if not 1 <= low <= high:
@@ -204,8 +209,9 @@ class SyntheticHandwriting:
             )
         self.source = build_text_source(text_file, vocabulary_size, frequency_power, charset)
         self.ranges = StyleRanges.from_config(style)
+        self.train_ranges = StyleRanges.from_config(train_style, base=self.ranges, key="data.train_style")
         self.writers = build_writers(
-            self.families, writers_per_font, val_fonts, test_fonts, self.seed, self.ranges
+            self.families, writers_per_font, val_fonts, test_fonts, self.seed, self.ranges, self.train_ranges
         )
         self._by_id = {w.id: w for split in self.writers.values() for w in split}
         self._alphabets = {f.name: coverage(f, self.source.alphabet) for f in self.families}
@@ -228,6 +234,7 @@ class SyntheticHandwriting:
             (low, high),
             max_width,
             self.ranges,
+            self.train_ranges,
             writers_per_font,
             val_fonts,
             test_fonts,
