@@ -49,7 +49,10 @@ def write_ttfs(woffs: dict[int, bytes], name: str, dest: Path) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     paths = []
     for weight, data in sorted(woffs.items()):
-        font = TTFont(io.BytesIO(data))
+        try:
+            font = TTFont(io.BytesIO(data))
+        except Exception as err:  # fontTools raises several kinds for a damaged file
+            raise UserError(f"The {weight} weight of {name} is not a readable font file ({err}).") from err
         font.flavor = None
         path = dest / f"{name}-{weight}.ttf"
         font.save(str(path))

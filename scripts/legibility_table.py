@@ -11,7 +11,8 @@ of held-out lines, and the command (the run's overrides). `--at-step N` adds the
 the CPU with other work and so reached different step counts in equal minutes. `--families` adds a second
 table: per font family (writer ids `<family>-<n>`) of the held-out lines, the width of each generated image
 (`heldout/generated`, trailing blank columns cropped) against its real render (`heldout/real`): the mean
-signed error (positive: too wide), the mean absolute error and the share within 15 %.
+signed error (positive: too wide), the mean absolute error and the share within 15 %, and the family's CER
+(over its characters, from the OCR readings in `heldout/evaluation.json`; "-" where the run kept none).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import yaml
 from PIL import Image
+
+from imuru_pl.metrics.cer import cer
 
 
 def curve(run: Path) -> list[dict[str, float | None]]:
@@ -59,8 +62,20 @@ def row(run: Path, at_step: int | None) -> str:
     return "| " + " | ".join(cells + [f"`{command}`"]) + " |"
 
 
+def family_cers(run: Path) -> dict[str, float]:
+    """Per font family, the CER of the generated held-out lines over the family's characters."""
+    generated = json.loads((run / "heldout" / "evaluation.json").read_text())["generated"]
+    readings: dict[str, tuple[list[str], list[str]]] = {}
+    for item in generated.get("ocr_predictions", {}).get("fake", []):
+        reads, texts = readings.setdefault(item["writer"].rsplit("-", 1)[0], ([], []))
+        reads.append(item["read"])
+        texts.append(item["text"])
+    return {family: cer(reads, texts) for family, (reads, texts) in readings.items()}
+
+
 def family_widths(run: Path) -> list[str]:
-    """Rows of the per-family width table for one run."""
+    """Rows of the per-family table (widths, CER) for one run."""
+    cers = family_cers(run)
     errors: dict[str, list[float]] = {}
     for generated in sorted((run / "heldout" / "generated").glob("*/*.png")):
         real = run / "heldout" / "real" / generated.parent.name / generated.name
@@ -72,7 +87,9 @@ def family_widths(run: Path) -> list[str]:
         signed = sum(values) / len(values)
         absolute = sum(abs(v) for v in values) / len(values)
         within = sum(abs(v) <= 0.15 for v in values) / len(values)
-        rows.append(f"| {run.name} | {family} | {len(values)} | {signed:+.3f} | {absolute:.3f} | {within:.2f} |")
+        cells = [run.name, family, str(len(values)), f"{signed:+.3f}", f"{absolute:.3f}", f"{within:.2f}",
+                 fmt(cers.get(family))]
+        rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
@@ -80,7 +97,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--at-step", type=int, default=None)
-    parser.add_argument("--families", action="store_true", help="add the per-family width table")
+    parser.add_argument("--families", action="store_true", help="add the per-family table (widths, CER)")
     args = parser.parse_args()
     header = ["run", "steps", "minutes", "CER held-out", "CER seen", "CER real", "HWD", "stop rate",
               "width error"]
@@ -91,8 +108,8 @@ def main() -> int:
     for run in args.runs:
         print(row(run, args.at_step))
     if args.families:
-        print("\n| run | family | lines | width error, signed | absolute | within 15 % |")
-        print("|" + "---|" * 6)
+        print("\n| run | family | lines | width error, signed | absolute | within 15 % | CER |")
+        print("|" + "---|" * 7)
         for run in args.runs:
             print("\n".join(family_widths(run)))
     return 0

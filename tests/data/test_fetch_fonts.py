@@ -54,10 +54,12 @@ def test_latin_upright_woffs_become_one_family_of_ttf_weights(tmp_path):
     assert [f.name for f in families] == ["kalam"] and len(families[0].faces) == 2
 
 
-def test_a_package_without_latin_woffs_is_a_user_error(tmp_path):
+def test_a_package_without_latin_woffs_or_with_a_damaged_one_is_a_user_error(tmp_path):
     tarball = fontsource_tarball(tmp_path / "x.tgz", "x", {"package/files/x-latin-400-normal.woff2": b"0"})
     with pytest.raises(UserError, match="no latin upright .woff"):
         latin_woffs(tarball, "x")
+    with pytest.raises(UserError, match="The 400 weight of x is not a readable font file"):
+        write_ttfs({400: b"not a font"}, "x", tmp_path / "x")
 
 
 def test_without_npm_the_script_says_so_and_leaves_no_folder(tmp_path):

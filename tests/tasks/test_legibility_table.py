@@ -19,7 +19,10 @@ def fake_run(root):
         "500,7.5,0.8,0.7,0.0,1.0,0.07,0.9\n900,13.0,0.6,0.5,0.0,1.0,0.05,1.0\n")
     (run / "heldout").mkdir()
     (run / "heldout" / "evaluation.json").write_text(json.dumps({"generated": {
-        "cer_fake": 0.55, "cer_real": 0.05, "hwd": 0.07, "stop_rate": 1.0, "width_error": 0.19}}))
+        "cer_fake": 0.55, "cer_real": 0.05, "hwd": 0.07, "stop_rate": 1.0, "width_error": 0.19,
+        "ocr_predictions": {"fake": [  # great_vibes: 1 + 2 edits over 4 + 4 characters
+            {"writer": "great_vibes-0", "name": "0", "text": "abcd", "read": "abed"},
+            {"writer": "great_vibes-0", "name": "1", "text": "wxyz", "read": "wx"}]}}}))
     widths = {"great_vibes-0": [(125, 100), (130, 100)], "yellowtail-1": [(95, 100)]}  # (generated, real)
     for writer, pairs in widths.items():
         for kind in ("generated", "real"):
@@ -38,8 +41,8 @@ def test_rows_curve_point_and_family_widths(tmp_path):
     lines = result.stdout.splitlines()
     assert "| my_run | 900 | 13.0 | 0.550 | 0.500 | 0.050 | 0.070 | 1.00 | 0.19 | 0.800 | 1.00 | 0.07 | " \
            "`python run.py experiment=legible` |" in lines
-    assert "| my_run | great_vibes | 2 | +0.275 | 0.275 | 0.00 |" in lines
-    assert "| my_run | yellowtail | 1 | -0.050 | 0.050 | 1.00 |" in lines
+    assert "| my_run | great_vibes | 2 | +0.275 | 0.275 | 0.00 | 0.375 |" in lines
+    assert "| my_run | yellowtail | 1 | -0.050 | 0.050 | 1.00 | - |" in lines  # no readings kept
 
 
 def test_a_run_without_its_recorded_overrides_still_gets_a_row(tmp_path):
