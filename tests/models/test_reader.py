@@ -126,3 +126,12 @@ def test_the_training_task_hands_the_reader_and_its_settings_to_the_module(tmp_p
     assert m.reader is reader and (m.reader_weight, m.reader_lines, m.reader_start_step) == (0.02, 3, 5)
     assert not any(k.startswith("reader") for k in m.state_dict()), "the frozen reader stays out of checkpoints"
     assert build_module(cfg, vae).reader is None
+
+
+def test_read_lines_takes_rgb_lines_of_any_width_as_their_gray_padded_version():
+    reader = small_reader().eval()
+    torch.manual_seed(1)
+    gray = torch.rand(2, 1, 64, 94) * 2 - 1
+    widths = torch.tensor([94, 60])
+    padded = torch.nn.functional.pad(gray, (0, 2), value=1.0)
+    assert reader.read_lines(gray.expand(-1, 3, -1, -1), widths) == reader.read(padded, widths)

@@ -146,3 +146,65 @@ def test_export_weights_last_exports_the_average_training_ended_with(tiny_run: P
     result = run_cli(*common, "export_weights=first", f"hydra.run.dir={tmp_path / 'bad'}")
     assert result.returncode != 0 and "export_weights must be best or last" in result.stdout + result.stderr
     assert not (tmp_path / "bad" / "model").exists()
+
+
+def reader_of_one_letter(directory: Path, letter: str = "a") -> Path:
+    """A line reader that reads every line as `letter` (its head gives that byte id on every frame)."""
+    from imuru_pl.models.reader import LineReader
+    from imuru_pl.models.tokenizer import BYTE_OFFSET
+
+    reader = LineReader(channels=[8, 16, 16, 16], hidden=32)
+    with torch.no_grad():
+        reader.head.weight.zero_()
+        reader.head.bias.fill_(-10.0)
+        reader.head.bias[BYTE_OFFSET + ord(letter)] = 10.0
+    return reader.save_pretrained(directory)
+
+
+def test_a_style_reader_gives_generation_the_style_text_it_reads(tiny_run: Path, tmp_path: Path):
+    pipeline = ImuruPipeline.from_pretrained(tiny_run / "model")
+    with torch.no_grad():  # about 2.3 columns a letter, as above: a style text of one letter doubles the plan
+        pipeline.model.duration_head[-1].weight.zero_()
+        pipeline.model.duration_head[-1].bias.fill_(1.2)
+    model_dir = pipeline.save_pretrained(tmp_path / "model")
+    reader = reader_of_one_letter(tmp_path / "reader")
+    style = tmp_path / "style.png"
+    drawn = Image.new("RGB", (320, 64), (240, 238, 230))
+    ImageDraw.Draw(drawn).line([(8 + 10 * i, 50 - 30 * (i % 2)) for i in range(30)], fill=(20, 20, 40), width=3)
+    drawn.save(style)
+
+    def generate(name: str, *extra: str) -> subprocess.CompletedProcess:
+        return run_cli("task=generate", f"model_dir={model_dir}", f"style={style}", "text=hell",
+                       f"out={tmp_path / name}", f"hydra.run.dir={tmp_path / 'run'}", *extra)
+
+    for name, extra in (("read.png", f"style_reader={reader}"), ("told.png", "style_text=a"), ("plain.png", "")):
+        result = generate(name, *([extra] if extra else []))
+        assert result.returncode == 0, result.stderr[-2000:]
+    read, told, plain = (Image.open(tmp_path / n) for n in ("read.png", "told.png", "plain.png"))
+    assert read.tobytes() == told.tobytes() and read.width == 8 * 4 * 5 and plain.width == 8 * 4 * 2
+    again = generate("again.png", f"style_reader={reader}")
+    assert "reads the style image as 'a'" in again.stdout + again.stderr
+    both = generate("both.png", f"style_reader={reader}", "style_text=a")
+    missing = generate("missing.png", f"style_reader={tmp_path / 'nothing'}")
+    assert both.returncode != 0 and "choose one" in both.stdout + both.stderr
+    assert missing.returncode != 0 and "style_reader=" in missing.stdout + missing.stderr
+    assert not (tmp_path / "both.png").exists() and not (tmp_path / "missing.png").exists()
+
+
+def test_heldout_lines_with_a_style_reader_report_its_reading(tiny_run: Path, tmp_path: Path):
+    script = REPO / "scripts" / "heldout_lines.py"
+    reader = reader_of_one_letter(tmp_path / "reader")
+
+    def heldout(out: str, *overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--out", str(tmp_path / out),
+                               *overrides], capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
+
+    result = heldout("read", f"heldout.style_reader={reader}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "read" / "heldout" / "evaluation.json").read_text())["generated"]
+    assert report["n_fake"] == 4 and report["style_reader"] == str(reader)
+    assert 0.7 < report["style_reader_cer"] <= 1.0, "one letter read for whole style lines"
+    both = heldout("both", f"heldout.style_reader={reader}", "heldout.style_text_widths=true")
+    assert both.returncode == 2 and "choose one" in both.stderr
+    missing = heldout("missing", f"heldout.style_reader={tmp_path / 'nothing'}")
+    assert missing.returncode == 2 and "heldout.style_reader=" in missing.stderr

@@ -29,6 +29,7 @@ from imuru_pl.errors import UserError
 from imuru_pl.models.alignment import ctc_loss
 from imuru_pl.models.tokenizer import EOS_ID, PAD_ID, VOCAB_SIZE, decode_ids
 from imuru_pl.models.weights_dir import CONFIG_NAME, WEIGHTS_NAME, is_weights_dir, save_weights_dir
+from imuru_pl.models.vae import convert_channels
 
 FRAME_PX = 4  # pixels of width per output frame
 
@@ -71,6 +72,16 @@ class LineReader(nn.Module):
         return ctc_loss(self(images), torch.div(widths, FRAME_PX, rounding_mode="floor").clamp_min(1), text_ids)
 
     @torch.no_grad()
+    def read_lines(self, images: Tensor, widths: Tensor) -> list[str]:
+        """`read` for line images as batches and the pipeline hold them: any channel count (RGB becomes
+        luminance), any width (white is appended up to a whole frame)."""
+        gray = convert_channels(images, 1)
+        short = -gray.shape[-1] % FRAME_PX
+        if short:
+            gray = torch.nn.functional.pad(gray, (0, short), value=1.0)
+        return self.read(gray.to(next(self.parameters()).device), widths)
+
+    @torch.no_grad()
     def read(self, images: Tensor, widths: Tensor) -> list[str]:
         """Greedy CTC reading of each line (best id per frame, repeats merged, blanks dropped)."""
         best = self(images).argmax(-1).cpu()
@@ -105,10 +116,11 @@ class LineReader(nn.Module):
         return reader.eval().requires_grad_(False)
 
 
-def check_reader_dir(directory: str | os.PathLike) -> Path:
-    """`directory` as a Path when it holds a saved reader's two files; one sentence otherwise."""
+def check_reader_dir(directory: str | os.PathLike, key: str = "reader.pretrained") -> Path:
+    """`directory` as a Path when it holds a saved reader's two files; one sentence (naming the config
+    `key` that gave it) otherwise."""
     directory = Path(directory)
     if not is_weights_dir(directory):
-        raise UserError(f"reader.pretrained={str(directory)!r} is not a saved line reader "
+        raise UserError(f"{key}={str(directory)!r} is not a saved line reader "
                         f"(it needs {CONFIG_NAME} and {WEIGHTS_NAME}).")
     return directory

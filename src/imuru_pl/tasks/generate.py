@@ -4,7 +4,8 @@
 `text` may be a string or a list of strings (one output per text: out_0.png, out_1.png, ...);
 a text with commas needs Hydra quoting: 'text="Hello, world"'. `text_file=<txt>` adds a file's text.
 Text longer than one line is wrapped and written as a page. `style_text="<what the style says>"`
-(optional; models with aligned letters) fits the letters' widths to the hand.
+(optional; models with aligned letters) fits the letters' widths to the hand; `style_reader=<reader dir>`
+(a VAE stage's `vae_reader/`) reads the style image instead, so no transcription is needed.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig
 
 from imuru_pl.console import progress
 from imuru_pl.errors import UserError
+from imuru_pl.models.reader import LineReader, check_reader_dir
 from imuru_pl.pipeline import ImuruPipeline
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,19 @@ def output_paths(out: str, count: int) -> list[Path]:
     return [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(count)]
 
 
+def read_style(style, reader_dir: str, style_text: str | None) -> str | None:
+    """What a line reader reads in the loaded style (C, 64, w), as the style text; None when it reads nothing."""
+    if style_text is not None:
+        raise UserError("style_text and style_reader both give what the style image says; choose one.")
+    reader = LineReader.from_pretrained(check_reader_dir(to_absolute_path(reader_dir), key="style_reader"))
+    read = " ".join(reader.read_lines(style[None], torch.tensor([style.shape[-1]]))[0].split())
+    if not read:
+        log.warning("The style reader reads nothing in the style image; the letters' widths are not fitted to it.")
+        return None
+    log.info("The style reader reads the style image as %r; the letters' widths are fitted to that.", read)
+    return read
+
+
 def run(cfg: DictConfig) -> dict:
     if not cfg.get("model_dir"):
         raise UserError("Say which model to use: model_dir=<exported model directory>.")
@@ -75,6 +91,8 @@ def run(cfg: DictConfig) -> dict:
     pipeline = ImuruPipeline.from_pretrained(to_absolute_path(str(cfg.model_dir)), device=cfg.get("device", "cpu"))
     style = pipeline.load_styles(styles)  # validates every image before anything is written
     style_text = cfg.get("style_text")  # checked by the pipeline before the first line; pages are saved after all
+    if cfg.get("style_reader"):
+        style_text = read_style(style, str(cfg.style_reader), style_text)
     pages = [pipeline.write(style, text, style_text) for text in progress(texts, desc="Writing", unit="text")]
     paths = output_paths(str(cfg.out), len(pages))
     for page, path in zip(pages, paths):
