@@ -225,3 +225,11 @@ def test_run_py_refuses_a_missing_checkpoint_before_training_the_vae(tmp_path):
     assert result.returncode == 2
     assert "Checkpoint not found" in one_error_line(result)
     assert not (run_dir / "vae").exists() and not (run_dir / "model").exists()
+
+
+def test_run_py_refuses_a_missing_style_reader_before_training_the_vae(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(*TINY, f"heldout.style_reader={tmp_path / 'no_reader'}", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert "heldout.style_reader=" in one_error_line(result) and "not a saved line reader" in one_error_line(result)
+    assert not (run_dir / "vae").exists() and not (run_dir / "model").exists()

@@ -23,7 +23,7 @@ from imuru_pl.models.schedules import check_optim_config
 from imuru_pl.models.vae import LineVAE
 from imuru_pl.pipeline import ImuruPipeline
 from imuru_pl.tasks.common import build_trainer, output_dir
-from imuru_pl.tasks.heldout import write_heldout_lines
+from imuru_pl.tasks.heldout import style_reader, write_heldout_lines
 from imuru_pl.tasks.train_reader import check_reader_config, ensure_reader
 from imuru_pl.tasks.train_vae import ensure_vae
 
@@ -73,6 +73,8 @@ def run(cfg: DictConfig) -> dict:
     precheck_ckpt_path(cfg.get("ckpt_path"))  # a wrong path fails now, not after the VAE has trained
     check_reader_config(cfg.reader)
     check_optim_config(cfg.optim)  # before the VAE stage, not after it
+    heldout = cfg.get("heldout") or {}  # its style reader, too, is checked before training rather than after
+    style_reader(heldout.get("style_reader"), bool(heldout.get("style_text_widths", False)))
     export_choice(cfg)
     init = init_dir(cfg)
     model = None
