@@ -119,14 +119,18 @@ def test_the_vae_stage_trains_on_plain_batches_even_with_a_curriculum(tmp_path):
     assert datamodule.curriculum["steps"] == 0 and datamodule.pairing == "same_line"
 
 
-def test_the_vae_stage_ignores_the_imuru_time_cap(tmp_path):
+def test_the_vae_stage_has_its_own_time_cap_not_the_imuru_stages(tmp_path):
     from imuru_pl.tasks.train_vae import build_trainer
 
-    cfg = compose_experiment("demo", tmp_path, ["logger=none"])
-    assert cfg.trainer.max_time  # the demo caps the Imuru stage's minutes
-    trainer = build_trainer(cfg, [])
-    assert trainer.fit_loop.max_steps == cfg.vae.train.max_steps
-    assert not any(type(cb).__name__ == "Timer" for cb in trainer.callbacks)
+    def vae_timers(experiment: str) -> tuple:
+        cfg = compose_experiment(experiment, tmp_path, ["logger=none"])
+        assert cfg.trainer.max_time  # both cap the Imuru stage's minutes
+        trainer = build_trainer(cfg, [])
+        assert trainer.fit_loop.max_steps == cfg.vae.train.max_steps
+        return tuple(cb._duration for cb in trainer.callbacks if type(cb).__name__ == "Timer")
+
+    assert vae_timers("demo") == (300,)  # 1200 steps or 5 minutes, not the Imuru stage's 8
+    assert vae_timers("legible") == ()  # its 5000 steps decide
 
 
 @pytest.mark.parametrize("data", ["folder", "iam"])
