@@ -101,9 +101,10 @@ class LineReader(nn.Module):
         return save_weights_dir(directory, self, self.config_dict())
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> LineReader:
-        """A reader saved by `save_pretrained`, in eval mode, frozen (no gradients to its weights)."""
-        directory = check_reader_dir(directory)
+    def from_pretrained(cls, directory: str | os.PathLike, key: str = "reader.pretrained") -> LineReader:
+        """A reader saved by `save_pretrained`, in eval mode, frozen (no gradients to its weights); a
+        directory without one is one sentence naming the config `key` that gave it."""
+        directory = check_reader_dir(directory, key)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         try:
             config = json.loads(config_path.read_text())

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig
 
 from imuru_pl.console import progress
 from imuru_pl.errors import UserError
-from imuru_pl.models.reader import LineReader, check_reader_dir
+from imuru_pl.models.reader import LineReader
 from imuru_pl.pipeline import ImuruPipeline
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def read_style(style, reader_dir: str, style_text: str | None) -> str | None:
     """What a line reader reads in the loaded style (C, 64, w), as the style text; None when it reads nothing."""
     if style_text is not None:
         raise UserError("style_text and style_reader both give what the style image says; choose one.")
-    reader = LineReader.from_pretrained(check_reader_dir(to_absolute_path(reader_dir), key="style_reader"))
+    reader = LineReader.from_pretrained(to_absolute_path(reader_dir), key="style_reader")
     read = " ".join(reader.read_lines(style[None], torch.tensor([style.shape[-1]]))[0].split())
     if not read:
         log.warning("The style reader reads nothing in the style image; the letters' widths are not fitted to it.")

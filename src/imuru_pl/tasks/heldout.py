@@ -33,7 +33,7 @@ from imuru_pl.metrics.folders import write_folder
 from imuru_pl.metrics.geometry import line_geometry
 from imuru_pl.metrics.items import Item
 from imuru_pl.metrics.report import save_report
-from imuru_pl.models.reader import LineReader, check_reader_dir
+from imuru_pl.models.reader import LineReader
 from imuru_pl.pipeline import ImuruPipeline, write_lines_detailed
 from imuru_pl.visual import rows_grid
 
@@ -124,7 +124,7 @@ def style_reader(directory, with_style_text: bool) -> LineReader | None:
     if with_style_text:
         raise UserError("heldout.style_text_widths=true and heldout.style_reader both give the style lines' "
                         "texts; choose one.")
-    return LineReader.from_pretrained(check_reader_dir(to_absolute_path(str(directory)), key="heldout.style_reader"))
+    return LineReader.from_pretrained(to_absolute_path(str(directory)), key="heldout.style_reader")
 
 
 def _headline(report: dict) -> dict:
