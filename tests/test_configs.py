@@ -22,6 +22,8 @@ SMALL_DATA = {
     "writers_per_font": 1,
     "lines_per_writer": {"train": 3, "val": 2, "test": 2},
     "num_workers": 0,
+    "val_fonts": 1,  # held-out families pinned by name (legible_fonts) are not among these four
+    "test_fonts": 2,
 }
 
 
@@ -131,6 +133,29 @@ def test_the_vae_stage_has_its_own_time_cap_not_the_imuru_stages(tmp_path):
 
     assert vae_timers("demo") == (300,)  # 1200 steps or 5 minutes, not the Imuru stage's 8
     assert vae_timers("legible") == ()  # its 5000 steps decide
+
+
+def test_the_vae_stage_reads_vae_data_over_data_and_the_imuru_stage_does_not(tmp_path):
+    import shutil
+
+    from imuru_pl.data.fonts import package_folder
+    from imuru_pl.errors import UserError
+    from imuru_pl.tasks.train_vae import build_datamodule
+
+    fonts = tmp_path / "fonts"
+    fonts.mkdir()
+    shutil.copy(sorted(package_folder("fontpkg_zeyada").rglob("*.ttf"))[0], fonts)
+    cfg = compose_experiment("legible_fonts", tmp_path, [f"vae.data.font_dirs=[{fonts}]"])
+    vae_data = build_datamodule(cfg)
+    assert vae_data.hparams.font_dirs == [str(fonts)] and vae_data.lines_per_writer["train"] == 64
+    assert vae_data.hparams.val_fonts == ["kalam"]
+    assert vae_data.hparams.test_fonts == ["great_vibes", "yellowtail"]
+    imuru_data = instantiate(cfg.data)
+    assert imuru_data.hparams.font_dirs == [] and imuru_data.lines_per_writer["train"] == 160
+    assert imuru_data.hparams.test_fonts == ["great_vibes", "yellowtail"]
+    wrong = compose_experiment("legible_fonts", tmp_path, ["+vae.data.font_folder=x"])
+    with pytest.raises(UserError, match="vae.data.font_folder is not a key of data"):
+        build_datamodule(wrong)
 
 
 @pytest.mark.parametrize("data", ["folder", "iam"])

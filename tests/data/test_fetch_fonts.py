@@ -19,8 +19,12 @@ sys.path.insert(0, str(REPO / "scripts"))
 from fetch_fonts import latin_woffs, write_ttfs  # noqa: E402
 
 
-def woff_of(ttf) -> bytes:
+def woff_of(ttf, family: str | None = None) -> bytes:
     font = TTFont(str(ttf))
+    if family:  # how Google's static files name some weights: a family of their own, style "Regular"
+        for record in font["name"].names:
+            if record.nameID in (1, 2, 16, 17):
+                record.string = family if record.nameID in (1, 16) else "Regular"
     font.flavor = "woff"
     buffer = io.BytesIO()
     font.save(buffer)
@@ -54,6 +58,15 @@ def test_latin_upright_woffs_become_one_family_of_ttf_weights(tmp_path):
     assert [f.name for f in families] == ["kalam"] and len(families[0].faces) == 2
 
 
+def test_weights_named_as_families_of_their_own_become_one_family(tmp_path):
+    ttf = sorted(package_folder("fontpkg_kalam").rglob("*.ttf"))[0]
+    woffs = {300: woff_of(ttf, "Kalam Light"), 400: woff_of(ttf, "Kalam"), 900: woff_of(ttf, "Kalam Black")}
+    write_ttfs(woffs, "kalam", tmp_path / "fonts" / "kalam")
+    families = discover_families(font_dirs=[str(tmp_path / "fonts")])
+    assert [f.name for f in families] == ["kalam"]
+    assert [face.weight for face in families[0].faces] == [300, 400, 900]
+
+
 def test_a_package_without_latin_woffs_or_with_a_damaged_one_is_a_user_error(tmp_path):
     tarball = fontsource_tarball(tmp_path / "x.tgz", "x", {"package/files/x-latin-400-normal.woff2": b"0"})
     with pytest.raises(UserError, match="no latin upright .woff"):
@@ -72,3 +85,17 @@ def test_without_npm_the_script_says_so_and_leaves_no_folder(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "fetch_fonts.py"), "--out", str(out),
                           "Great Vibes"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "not a font package name" in bad.stderr and not out.exists()
+    preset = subprocess.run([sys.executable, str(REPO / "scripts" / "fetch_fonts.py"), "--out", str(out),
+                             "--preset", "handwriting"], capture_output=True, text=True, env=env, timeout=120)
+    assert preset.returncode == 2 and preset.stderr.count("npm is not installed") == 1 and not out.exists()
+
+
+def test_the_handwriting_preset_holds_none_of_the_default_families():
+    from fetch_fonts import PRESETS
+
+    from imuru_pl.data.synthetic import DEFAULT_FONT_PACKAGES
+
+    preset = PRESETS["handwriting"]
+    defaults = {p.removeprefix("fontpkg_").replace("_", "-") for p in DEFAULT_FONT_PACKAGES}
+    assert len(preset) == len(set(preset)) == 110 and not defaults & set(preset)
+    assert {"great-vibes", "yellowtail", "kalam"} <= defaults

@@ -147,7 +147,8 @@ def discover_families(
     for folder in font_dirs:
         path = Path(folder).expanduser()
         if not path.is_dir():
-            raise UserError(f"The font directory {folder} in data.font_dirs does not exist.")
+            raise UserError(f"The font directory {folder} in data.font_dirs does not exist "
+                            f"(scripts/fetch_fonts.py fetches font families into one).")
         sources.append((f"font directory {folder}", font_files(path)))
     grouped: dict[str, list[FontFace]] = {}
     for source, files in sources:

@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError
 
 from imuru_pl.errors import UserError
 from imuru_pl.metrics.reconstruction import reconstruction_cer
@@ -46,9 +47,14 @@ def build_vae(cfg: DictConfig) -> LineVAE:
 
 
 def build_datamodule(cfg: DictConfig):
-    """The configured data module, switched to same-line pairs (style and clean target of one line) and
-    plain shuffled batches (a text-length curriculum is for the Imuru stage)."""
-    data_cfg = cfg.data.copy()
+    """The configured data module with `vae.data` merged over `data` (this stage's own fonts or sizes, e.g.
+    more training hands), switched to same-line pairs (style and clean target of one line) and plain
+    shuffled batches (a text-length curriculum is for the Imuru stage)."""
+    try:
+        data_cfg = OmegaConf.merge(cfg.data, cfg.vae.get("data") or {})
+    except ConfigKeyError as err:
+        raise UserError(f"vae.data.{err.key} is not a key of data: vae.data only changes keys the data "
+                        f"config has, for the VAE stage.") from None
     batch_size = cfg.vae.train.get("batch_size")
     with open_dict(data_cfg):
         if batch_size and "batch_size" in data_cfg:
