@@ -39,8 +39,8 @@ STYLE_NAMES = {100: "Thin", 200: "ExtraLight", 300: "Light", 400: "Regular", 500
 PRESETS = {
     "handwriting": (
         "alex-brush allison allura architects-daughter arizonia babylonica bad-script ballet bilbo "
-        "birthstone bonbon butterfly-kids calligraffitti carattere caveat-brush cedarville-cursive charm comforter "
-        "coming-soon cookie corinthia covered-by-your-grace crafty-girls damion dawning-of-a-new-day "
+        "birthstone bonbon butterfly-kids calligraffitti carattere caveat-brush cedarville-cursive charm "
+        "comforter coming-soon cookie corinthia covered-by-your-grace crafty-girls damion dawning-of-a-new-day "
         "dr-sugiyama engagement ephesis estonia euphoria-script fondamento gaegu give-you-glory "
         "gloria-hallelujah gochi-hand grand-hotel gwendolyn handlee herr-von-muellerhoff homemade-apple "
         "hurricane imperial-script ingrid-darling inspiration island-moments italianno just-another-hand "
