@@ -80,3 +80,35 @@ def test_ensure_vae_uses_a_pretrained_directory(trained, tmp_path):
         cfg.vae.pretrained = str(tmp_path / "missing")
     with pytest.raises(UserError, match="missing"):
         train_vae.ensure_vae(cfg, tmp_path)
+
+
+def test_init_from_starts_the_stage_from_a_saved_vae_and_trains_it_further(trained, tmp_path):
+    cfg, out, _ = trained
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.vae.init_from = str(out / "vae")
+        cfg.vae.arch.block_out_channels = [4, 4, 8, 8]  # unused: the saved VAE's architecture is trained on
+        cfg.paths.output_dir = str(tmp_path)
+    saved = LineVAE.from_pretrained(out / "vae").state_dict()
+    start = train_vae.initial_vae(cfg).state_dict()
+    assert start.keys() == saved.keys() and all(start[k].equal(saved[k]) for k in saved)
+    train_vae.run(cfg)
+    further = LineVAE.from_pretrained(tmp_path / "vae")
+    assert further.autoencoder.config.block_out_channels == [8, 8, 16, 16]
+    assert json.loads((tmp_path / "vae_metrics.json").read_text())["steps"] == 3
+    moved = [k for k, v in further.state_dict().items() if v.is_floating_point() and not v.equal(saved[k])]
+    assert moved  # the three steps changed the saved weights
+
+
+def test_init_from_a_bad_directory_or_beside_pretrained_is_one_sentence(trained, tmp_path):
+    cfg, out, _ = trained
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.vae.init_from = str(tmp_path / "missing")
+    with pytest.raises(UserError, match="missing"):
+        train_vae.initial_vae(cfg)
+    with open_dict(cfg):
+        cfg.vae.init_from, cfg.vae.pretrained = str(out / "vae"), str(out / "vae")
+    with pytest.raises(UserError, match="both set"):
+        train_vae.ensure_vae(cfg, tmp_path)
+    assert not (tmp_path / "vae").exists()
