@@ -46,15 +46,20 @@ def build_vae(cfg: DictConfig) -> LineVAE:
     return start_white(vae) if cfg.vae.train.get("white_init", True) else vae
 
 
+def check_one_vae_source(cfg: DictConfig) -> None:
+    """`vae.pretrained` (used as is) and `vae.init_from` (trained further) exclude each other."""
+    if cfg.vae.get("pretrained") and cfg.vae.get("init_from"):
+        raise UserError("vae.pretrained (used as is) and vae.init_from (trained further) are both set: "
+                        "keep one.")
+
+
 def initial_vae(cfg: DictConfig) -> LineVAE:
     """What the VAE stage starts from: the saved VAE `vae.init_from` (trained further: a second schedule of
     `vae.train`, e.g. on more data), or a new one from `vae.arch`."""
+    check_one_vae_source(cfg)
     init_from = cfg.vae.get("init_from")
     if not init_from:
         return build_vae(cfg)
-    if cfg.vae.get("pretrained"):
-        raise UserError("vae.pretrained (used as is) and vae.init_from (trained further) are both set: "
-                        "keep one.")
     vae = LineVAE.from_pretrained(str(init_from), require_constants=False).train()  # loaded in eval mode
     log.info("Training on from the line VAE %s (vae.arch is not used).", init_from)
     return vae
@@ -234,9 +239,8 @@ def _complete(directory: Path) -> bool:
 
 def ensure_vae(cfg: DictConfig, output_dir: Path) -> Path:
     """A loadable line VAE for the Imuru stage: the configured one, one already trained here, or a new one."""
+    check_one_vae_source(cfg)
     pretrained = cfg.vae.get("pretrained")
-    if pretrained and cfg.vae.get("init_from"):
-        initial_vae(cfg)  # says in one sentence that the two exclude each other
     if pretrained:
         LineVAE.from_pretrained(pretrained)  # fail early, in one sentence, if it does not load
         log.info("Using the pretrained line VAE %s", pretrained)
