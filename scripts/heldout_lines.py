@@ -9,13 +9,16 @@ checkpoint's weights into the exported model first: with `optim.ema_decay` on, a
 trained weights and their moving average, so the two are scored on the same step of the same run.
 `<out>/heldout/` gets the generated, real and wrong-writer lines, the grid and `evaluation.json`.
 `scripts/legibility_table.py <out> --families` reads `<out>` as it reads a run (figures and widths per font
-family; no learning curve). Prints the headline figures as one JSON line.
+family; no learning curve). With `duration_fit.steps=N` among the overrides the duration head is fitted
+again first, as at the end of training (`imuru_pl.tasks.duration_fit`), and the refitted model is saved to
+`<out>/model`. Prints the headline figures as one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -27,6 +30,7 @@ from omegaconf import OmegaConf
 from imuru_pl.callbacks.checkpoint import read_checkpoint
 from imuru_pl.errors import UserError
 from imuru_pl.pipeline import ImuruPipeline
+from imuru_pl.tasks.duration_fit import refit_durations
 from imuru_pl.tasks.heldout import write_heldout_lines
 
 
@@ -53,6 +57,7 @@ def main() -> int:
                         help="with --checkpoint: the optimiser's weights or their moving average (optim.ema_decay)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the run's config")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     config = args.run / ".hydra" / "config.yaml"
     try:
@@ -68,11 +73,16 @@ def main() -> int:
         pipeline = ImuruPipeline.from_pretrained(args.run / "model")
         if args.checkpoint is not None:
             load_checkpoint_weights(pipeline, args.checkpoint, args.weights)
+        refit = refit_durations(cfg, pipeline.model, pipeline.vae)
+        if refit is not None:
+            pipeline.save_pretrained(args.out / "model")
         result = write_heldout_lines(cfg, pipeline, instantiate(cfg.data), args.out)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps({"run": str(args.run), "overrides": args.overrides, **result.get("evaluation", {})}))
+    fitted = {"duration_fit": refit} if refit is not None else {}
+    figures = {"run": str(args.run), "overrides": args.overrides, **fitted, **result.get("evaluation", {})}
+    print(json.dumps(figures))
     return 0
 
 

@@ -23,6 +23,8 @@ def tiny_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("tiny_run")
     # With the moving average of the weights on: the export, generation and scripts/heldout_lines.py run
     # through it (its own tests: tests/models/test_ema_and_schedules.py).
-    result = run_cli(*TINY_TRAIN, "optim.ema_decay=0.5", f"hydra.run.dir={run_dir}")
+    # And with the duration head fitted again after training, on hands of their own (duration_fit).
+    result = run_cli(*TINY_TRAIN, "optim.ema_decay=0.5", "duration_fit.steps=3", "duration_fit.val_batches=1",
+                     "+duration_fit.data.writers_per_font=4", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir

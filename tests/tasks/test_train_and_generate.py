@@ -33,6 +33,32 @@ def test_training_run_writes_model_logs_and_heldout_lines(tiny_run: Path):
     assert state["state_dict"] and not any(k.startswith("vae.") for k in state["state_dict"])
 
 
+def test_the_duration_head_is_fitted_again_after_training(tiny_run: Path, tmp_path: Path):
+    """duration_fit: the exported model differs from the weights training ended with in its duration head
+    only; scripts/heldout_lines.py fits a finished run's head again the same way and saves the model."""
+    last = tiny_run / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+    trained = {key[len("ema_model."):]: value for key, value in state.items() if key.startswith("ema_model.")}
+    exported = ImuruPipeline.from_pretrained(tiny_run / "model").model.state_dict()
+    moved = {key for key, value in trained.items() if not torch.equal(value, exported[key])}
+    assert moved and {key.split(".")[0] for key in moved} <= {"style_columns", "style_summary", "duration_head"}
+    assert "duration_fit: validation duration loss" in (tiny_run / "train.log").read_text()
+    script = REPO / "scripts" / "heldout_lines.py"
+    result = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--out",
+                             str(tmp_path / "refit"), "duration_fit.steps=2", "duration_fit.val_batches=1",
+                             "heldout.num_lines=2"], check=False,
+                            capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["duration_fit"]["steps"] == 2
+    refitted = ImuruPipeline.from_pretrained(tmp_path / "refit" / "model").model.state_dict()
+    assert not torch.equal(refitted["duration_head.0.weight"], exported["duration_head.0.weight"])
+    assert torch.equal(refitted["t5_to_vae.weight"], exported["t5_to_vae.weight"])
+    result = run_cli(*TINY_TRAIN, "model.aligned_letters=false", "duration_fit.steps=3",
+                     f"hydra.run.dir={tmp_path / 'plain'}")
+    assert result.returncode == 2 and "aligned letters" in result.stdout + result.stderr
+    assert not (tmp_path / "plain" / "vae").exists(), "refused before the VAE stage"
+
+
 def test_training_logs_the_legibility_curve(tiny_run: Path):
     """Every 6 steps and at the end: stop rate and width error of fixed held-out lines (OCR is off here)."""
     with (tiny_run / "learning_curve.csv").open() as handle:

@@ -413,17 +413,40 @@ class Imuru(nn.Module):
             losses["ctc"] = ctc_loss(logits, lengths, text_ids)
             loss = loss + self.ctc_weight * losses["ctc"]
         if self.aligned_letters:
-            written_columns = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
-            own = torch.where(written_columns, letter_index, torch.full_like(letter_index, text_ids.shape[1]))
-            durations = letter_durations(own, text_ids.shape[1] + 1)[:, :-1]  # EOS and padding: not counted
-            summary, counted = self.writer_summary(style, style_mask)
-            losses["duration"] = duration_loss(self.log_durations(encoded, summary), durations, text_ids)
-            loss = loss + self.duration_loss_weight * losses["duration"]
-            if counted is not None:
-                wanted = torch.log1p(style_letters.to(counted))
-                losses["letter_count"] = (torch.log1p(counted) - wanted).pow(2).mean()
-                loss = loss + self.letter_count_weight * losses["letter_count"]
+            planned = self.duration_losses(encoded, text_ids, letter_index, lengths, style, style_mask,
+                                           style_letters)
+            losses.update(planned)
+            loss = loss + self.duration_loss_weight * planned["duration"]
+            if "letter_count" in planned:
+                loss = loss + self.letter_count_weight * planned["letter_count"]
         return ImuruOutput(loss=loss, prediction=self.denormalise(predicted), losses=losses)
+
+    def duration_losses(self, encoded: Tensor, text_ids: Tensor, letter_index: Tensor, lengths: Tensor,
+                        style: Tensor, style_mask: Tensor,
+                        style_letters: Tensor | None = None) -> dict[str, Tensor]:
+        """The duration head's loss against the columns each letter owns among each target's `lengths` (B,)
+        written columns (`letter_index` (B, n)), and, with `letter_count_weight`, the style line's letter
+        count's against `style_letters` (B,). Unweighted; `forward` adds them to its loss."""
+        columns = torch.arange(letter_index.shape[1], device=lengths.device)
+        written_columns = columns[None, :] < lengths[:, None]
+        own = torch.where(written_columns, letter_index, torch.full_like(letter_index, text_ids.shape[1]))
+        durations = letter_durations(own, text_ids.shape[1] + 1)[:, :-1]  # EOS and padding: not counted
+        summary, counted = self.writer_summary(style, style_mask)
+        losses = {"duration": duration_loss(self.log_durations(encoded, summary), durations, text_ids)}
+        if counted is not None:
+            wanted = torch.log1p(style_letters.to(counted))
+            losses["letter_count"] = (torch.log1p(counted) - wanted).pow(2).mean()
+        return losses
+
+    def duration_modules(self) -> list[nn.Module]:
+        """What plans the letters' widths besides the text encoder: the duration head and its view of the hand
+        (empty without `aligned_letters`). `duration_fit` trains only these."""
+        if not self.aligned_letters:
+            return []
+        names = ["style_columns", "style_summary", "duration_head"]
+        if self.letter_count_weight > 0:
+            names += ["letter_density", "columns_per_letter_proj"]
+        return [getattr(self, name) for name in names]
 
     @contextmanager
     def _cross_attention_weights(self, enabled: bool):

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError
+
+from imuru_pl.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,3 +35,18 @@ def build_trainer(cfg: DictConfig, overrides: dict | None = None, callbacks: lis
     loggers = instantiate_group(cfg.get("logger")) if logger else []
     return instantiate(trainer_cfg, callbacks=instantiate_group(cfg.get("callbacks")) + (callbacks or []),
                        logger=loggers or False)
+
+
+def stage_data_config(cfg: DictConfig, stage: str, label: str) -> DictConfig:
+    """`data` with `<stage>.data` merged over it (a stage's own fonts or sizes, e.g. more training hands),
+    with plain shuffled batches (a text-length curriculum is for the Imuru stage). `label` names the stage in
+    the error a wrong key gets."""
+    try:
+        data_cfg = OmegaConf.merge(cfg.data, OmegaConf.select(cfg, f"{stage}.data") or {})
+    except ConfigKeyError as err:
+        raise UserError(f"{stage}.data.{err.key} is not a key of data: {stage}.data only changes keys the "
+                        f"data config has, for {label}.") from None
+    with open_dict(data_cfg):
+        if "curriculum" in data_cfg:
+            data_cfg.curriculum = {"steps": 0}
+    return data_cfg

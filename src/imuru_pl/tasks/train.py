@@ -23,6 +23,7 @@ from imuru_pl.models.schedules import check_optim_config
 from imuru_pl.models.vae import LineVAE
 from imuru_pl.pipeline import ImuruPipeline
 from imuru_pl.tasks.common import build_trainer, output_dir
+from imuru_pl.tasks.duration_fit import check_aligned, fit_settings, refit_durations
 from imuru_pl.tasks.heldout import style_reader, write_heldout_lines
 from imuru_pl.tasks.train_reader import check_reader_config, ensure_reader
 from imuru_pl.tasks.train_vae import ensure_vae
@@ -76,8 +77,11 @@ def run(cfg: DictConfig) -> dict:
     heldout = cfg.get("heldout") or {}  # its style reader, too, is checked before training rather than after
     style_reader(heldout.get("style_reader"), bool(heldout.get("style_text_widths", False)))
     export_choice(cfg)
+    refit = fit_settings(cfg) is not None  # its settings and data keys, too, before training
     init = init_dir(cfg)
     model = None
+    if refit and init is None:  # before the VAE stage, not after it
+        check_aligned(bool(cfg.model.get("aligned_letters", False)))
     if init is None:
         vae_dir = ensure_vae(cfg, out)
         vae = LineVAE.from_pretrained(vae_dir)
@@ -85,6 +89,8 @@ def run(cfg: DictConfig) -> dict:
         pipeline = load_model_dir(init, allow_emuru=True)
         vae_dir, vae, model = init, pipeline.vae, pipeline.model.train()  # Lightning keeps the mode it finds
         log.info("Starting from %s: its Imuru weights and its VAE (cfg.model, cfg.vae unused).", init)
+        if refit:
+            check_aligned(model.aligned_letters)
     datamodule = instantiate(cfg.data)
     reader = ensure_reader(cfg, out, vae, datamodule)  # None unless reader.weight > 0
     module = build_module(cfg, vae, model, reader)
@@ -98,8 +104,16 @@ def run(cfg: DictConfig) -> dict:
             best_weights(trainer, module)
         else:
             log.info("Exporting the weights training ended with (step %d).", trainer.global_step)
+        refit_error = None
+        if refit:
+            try:
+                result["duration_fit"] = refit_durations(cfg, module.eval_model, vae.to(module.device))
+            except UserError as err:  # the hour of training is exported all the same, and the run fails after
+                refit_error = err
         result.update(_export_and_write(cfg, module, vae, datamodule, out))
         log_final_metrics(trainer, cfg, result)  # eval/* scalars + the HParams entry
+        if refit_error is not None:
+            raise UserError(f"{refit_error} The model is exported without the refit: {result['model_dir']}.")
     result["minutes"] = round((time.time() - started) / 60, 2)
     _report(result)
     return result

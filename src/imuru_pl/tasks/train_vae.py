@@ -18,13 +18,13 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import ConfigKeyError
 
 from imuru_pl.errors import UserError
 from imuru_pl.metrics.reconstruction import reconstruction_cer
 from imuru_pl.models.reader import LineReader
 from imuru_pl.models.vae import CONSTANTS_FILE, LineVAE
 from imuru_pl.models.vae_module import ReconstructionGrid, VAEModule, masked_image_errors, start_white
+from imuru_pl.tasks.common import stage_data_config
 from imuru_pl.tasks.train_reader import ensure_vae_reader
 
 log = logging.getLogger(__name__)
@@ -69,17 +69,11 @@ def build_datamodule(cfg: DictConfig):
     """The configured data module with `vae.data` merged over `data` (this stage's own fonts or sizes, e.g.
     more training hands), switched to same-line pairs (style and clean target of one line) and plain
     shuffled batches (a text-length curriculum is for the Imuru stage)."""
-    try:
-        data_cfg = OmegaConf.merge(cfg.data, cfg.vae.get("data") or {})
-    except ConfigKeyError as err:
-        raise UserError(f"vae.data.{err.key} is not a key of data: vae.data only changes keys the data "
-                        f"config has, for the VAE stage.") from None
+    data_cfg = stage_data_config(cfg, "vae", "the VAE stage")
     batch_size = cfg.vae.train.get("batch_size")
     with open_dict(data_cfg):
         if batch_size and "batch_size" in data_cfg:
             data_cfg.batch_size = batch_size
-        if "curriculum" in data_cfg:
-            data_cfg.curriculum = {"steps": 0}
     return instantiate(data_cfg, pairing="same_line")
 
 

@@ -1,0 +1,81 @@
+"""duration_fit: the duration head (and its view of the hand) trains again on its own data, the rest of the
+model frozen (docs/legibility.md)."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from test_imuru_module import TINY_T5, tiny_vae
+
+from imuru_pl.data.datamodule import LineDataModule
+from imuru_pl.errors import UserError
+from imuru_pl.models.imuru import Imuru
+from imuru_pl.tasks.duration_fit import fit_durations, fit_settings
+
+FONTS = ["fontpkg_caveat", "fontpkg_kalam", "fontpkg_great_vibes"]
+
+
+def model(**switches) -> Imuru:
+    torch.manual_seed(0)
+    imuru = Imuru(t5=TINY_T5, trailing_blank_columns=3, max_new_columns=6, aligned_letters=True, **switches)
+    imuru.use_vae_stats(tiny_vae())
+    return imuru
+
+
+def data() -> LineDataModule:
+    return LineDataModule(seed=3, fonts=FONTS, writers_per_font=3, batch_size=6, eval_batch_size=6,
+                          lines_per_writer={"train": 6, "val": 4, "test": 2}, words_per_line=(1, 3),
+                          max_width=256)
+
+
+@pytest.mark.parametrize("switches", [{}, {"letter_count_weight": 0.1}])
+def test_only_the_duration_modules_move_and_the_duration_loss_falls(switches):
+    imuru = model(**switches).train()
+    imuru.encoder.requires_grad_(False)  # a flag the stage must give back as it found it
+    flags = [p.requires_grad for p in imuru.parameters()]
+    planned = {id(p) for module in imuru.duration_modules() for p in module.parameters()}
+    if switches:
+        assert {id(p) for p in imuru.letter_density.parameters()} <= planned
+    before = {name: p.detach().clone() for name, p in imuru.named_parameters()}
+    buffers = {name: b.clone() for name, b in imuru.named_buffers()}
+    settings = {"steps": 40, "lr": 1e-2, "val_batches": 2, "log_every": 10}
+    result = fit_durations(imuru, tiny_vae(), data(), settings)
+    assert result["steps"] == 40
+    assert result["val_duration_loss_after"] < 0.5 * result["val_duration_loss_before"], result
+    for name, p in imuru.named_parameters():
+        moved = not torch.equal(p, before[name])
+        assert moved == (id(p) in planned), name
+    assert all(torch.equal(b, buffers[name]) for name, b in imuru.named_buffers())
+    assert [p.requires_grad for p in imuru.parameters()] == flags and imuru.training
+
+
+def test_a_model_without_a_duration_head_is_refused():
+    with pytest.raises(UserError, match="aligned letters"):
+        fit_durations(Imuru(t5=TINY_T5), tiny_vae(), data(),
+                      {"steps": 1, "lr": 1e-3, "val_batches": 1, "log_every": 1})
+
+
+def config(**sections):
+    cfg = OmegaConf.create({"data": {"batch_size": 4}, **sections})
+    OmegaConf.set_struct(cfg, True)  # as run.py composes it: no new keys
+    return cfg
+
+
+def test_settings_are_checked_and_steps_0_is_off():
+    assert fit_settings(config(duration_fit={"steps": 0})) is None
+    assert fit_settings(config()) is None  # a config from before the stage existed
+    on = fit_settings(config(duration_fit={"steps": 5, "data": {"batch_size": 8}}))
+    assert on == {"steps": 5, "lr": 1e-3, "val_batches": 8, "log_every": 200}
+    for wrong, message in [({"steps": -1}, "duration_fit.steps"), ({"steps": 2.5}, "duration_fit.steps"),
+                           ({"steps": 5, "lr": 0}, "duration_fit.lr"),
+                           ({"steps": 5, "val_batches": 0}, "val_batches"),
+                           ({"steps": 5, "data": {"font_folder": "x"}}, "data.font_folder is not a key")]:
+        with pytest.raises(UserError, match=message):
+            fit_settings(config(duration_fit=wrong))
+
+
+def test_a_rate_that_diverges_stops_in_one_sentence_and_keeps_the_head():
+    imuru = model()
+    before = {name: p.detach().clone() for name, p in imuru.named_parameters()}
+    with pytest.raises(UserError, match="non-finite at step .* lower duration_fit.lr"):
+        fit_durations(imuru, tiny_vae(), data(), {"steps": 20, "lr": 1e30, "val_batches": 1, "log_every": 20})
+    assert all(torch.equal(p, before[name]) for name, p in imuru.named_parameters())
