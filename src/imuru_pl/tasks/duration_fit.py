@@ -145,4 +145,5 @@ def refit_durations(cfg: DictConfig, model: Imuru, vae: LineVAE) -> dict[str, fl
     if settings is None:
         return None
     datamodule = instantiate(stage_data_config(cfg, "duration_fit", "the duration fit"))
+    torch.manual_seed(int(cfg.get("seed", 0)))  # the same fit at the end of training and from the script
     return fit_durations(model, vae, datamodule, settings)
