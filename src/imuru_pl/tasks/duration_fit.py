@@ -96,8 +96,8 @@ def _forever(datamodule) -> Iterator[LineBatch]:
 def fit_durations(model: Imuru, vae: LineVAE, datamodule, settings: dict) -> dict[str, float]:
     """Train `model`'s duration modules for `settings['steps']` AdamW steps (constant rate, no weight decay)
     on `datamodule`'s training lines, in eval mode (no dropout), the rest frozen, each style line's latents
-    encoded once and sampled at every use; returns the validation
-    duration loss before and after, and the minutes."""
+    encoded once and sampled at every use; returns the validation duration loss before and after, and the
+    minutes."""
     check_aligned(model.aligned_letters)
     started = time.time()
     trained = [p for module in model.duration_modules() for p in module.parameters()]
