@@ -45,6 +45,8 @@ def write_lines(model: Imuru, vae: LineVAE, style: Tensor, style_widths: Tensor,
 
     Style latents are the posterior means (deterministic for a given image); generation stops per
     line on the VAE's padding latent (or the model's stop head) and trailing blank columns are cropped.
+    A model with a width head (`Imuru.line_columns`) has each written line resampled horizontally to the
+    width that head plans.
     `style_texts` (optional, what each style image says) fits a letter plan's widths to the hand
     (`Imuru.width_scale`; models with `aligned_letters` only).
     """
@@ -72,7 +74,22 @@ def write_lines_detailed(model: Imuru, vae: LineVAE, style: Tensor, style_widths
     blank = torch.ones(1, 64, COLUMN_PX)  # a line with nothing written is one blank column
     images = [blank if decoded is None or n == 0 else decoded[i, :, :, : COLUMN_PX * n]
               for i, n in enumerate(lengths.tolist())]
+    planned = model.line_columns(text_ids.to(device), text_mask.to(device), style_cols, style_mask, style_text)
+    if planned is not None:  # written at the model's own widths, drawn at the width head's
+        cap = max_new_columns or model.max_new_columns
+        lengths = torch.where(lengths > 0, planned.clamp_max(cap), lengths)
+        images = [resample_width(image, COLUMN_PX * n) if n else image
+                  for image, n in zip(images, lengths.tolist())]
     return WrittenLines(images, lengths.cpu(), stopped.cpu())
+
+
+def resample_width(image: Tensor, width: int) -> Tensor:
+    """A line image (C, 64, w) stretched or squeezed horizontally to `width` px (antialiased bilinear)."""
+    if image.shape[-1] == width:
+        return image
+    resized = torch.nn.functional.interpolate(image[None], size=(image.shape[-2], width), mode="bilinear",
+                                              align_corners=False, antialias=True)
+    return resized[0].clamp(-1.0, 1.0)
 
 
 class ImuruPipeline:

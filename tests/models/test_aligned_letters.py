@@ -87,9 +87,9 @@ def training_batch(model: Imuru):
     return ids, text_mask, style, style_mask, target, target_mask, letters
 
 
-@pytest.mark.parametrize("r", [1, 2])
-def test_aligned_letters_train_every_parameter_with_a_duration_loss(r):
-    model = tiny_model(reduction_factor=r).train()
+@pytest.mark.parametrize("r,step_letters", [(1, "mean"), (2, "mean"), (2, "columns")])
+def test_aligned_letters_train_every_parameter_with_a_duration_loss(r, step_letters):
+    model = tiny_model(reduction_factor=r, step_letters=step_letters).train()
     out = model(*training_batch(model))
     assert set(out.losses) == {"mse", "duration"}
     torch.testing.assert_close(out.loss, out.losses["mse"] + out.losses["duration"])
@@ -100,9 +100,9 @@ def test_aligned_letters_train_every_parameter_with_a_duration_loss(r):
         model(*training_batch(model)[:6])
 
 
-@pytest.mark.parametrize("r", [1, 2])
-def test_aligned_prediction_is_the_same_alone_or_in_a_padded_batch(r):
-    model = tiny_model(reduction_factor=r).eval()
+@pytest.mark.parametrize("r,step_letters", [(1, "mean"), (2, "mean"), (2, "columns")])
+def test_aligned_prediction_is_the_same_alone_or_in_a_padded_batch(r, step_letters):
+    model = tiny_model(reduction_factor=r, step_letters=step_letters).eval()
     ids, text_mask, style, style_mask, target, target_mask, letters = training_batch(model)
     with torch.no_grad():
         together = model(ids, text_mask, style, style_mask, target, target_mask, letters).prediction
@@ -121,9 +121,9 @@ def test_aligned_prediction_is_the_same_alone_or_in_a_padded_batch(r):
             torch.testing.assert_close(batched[i, :t], own[0], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("r", [1, 2, 3])
-def test_planned_generation_cached_equals_full_recompute_and_ends_at_the_plan(r):
-    model = tiny_model(reduction_factor=r).eval()
+@pytest.mark.parametrize("r,step_letters", [(1, "mean"), (2, "mean"), (3, "mean"), (3, "columns")])
+def test_planned_generation_cached_equals_full_recompute_and_ends_at_the_plan(r, step_letters):
+    model = tiny_model(reduction_factor=r, step_letters=step_letters).eval()
     with torch.no_grad():
         model.duration_head[-1].bias.fill_(1.2)  # about 2.3 columns per letter
     ids, text_mask, style, style_mask, *_ = training_batch(model)
@@ -183,6 +183,38 @@ def test_export_keeps_the_switch_and_the_generations(tmp_path):
     first = model.generate(ids, text_mask, style, style_mask, max_new_columns=30)
     second = again.generate(ids, text_mask, style, style_mask, max_new_columns=30)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_step_letters_columns_starts_as_the_mean_and_tells_which_column_draws_which_letter(tmp_path):
+    """`step_letters="columns"`: a step's letter input is projected from its r columns in order. It starts
+    equal to the mean of the r inputs (the default), but after training it can tell "a then b" from "b then a",
+    which the mean cannot."""
+    mean, columns = tiny_model(reduction_factor=2), tiny_model(reduction_factor=2, step_letters="columns")
+    columns.load_state_dict(mean.state_dict(), strict=False)  # the same weights, plus the step projection
+    ids, text_mask, *_ = training_batch(mean)
+    encoded = mean.encode_text(ids, text_mask).detach()
+    letters = torch.tensor([[0, 1, 2, 2], [1, 2, 3, 3], [0, 1, 2, 2]])
+    swapped = torch.tensor([[1, 0, 2, 2], [2, 1, 3, 3], [1, 0, 2, 2]])  # the first step's letters swapped
+    torch.testing.assert_close(columns.letter_inputs(encoded, letters, text_mask),
+                               mean.letter_inputs(encoded, letters, text_mask))
+    with torch.no_grad():
+        columns.step_letters_proj.weight[:, :32].mul_(3.0)  # the first column weighs more
+        apart = (columns.letter_inputs(encoded, letters, text_mask)
+                 - columns.letter_inputs(encoded, swapped, text_mask)).abs().amax(-1)
+        same = (mean.letter_inputs(encoded, letters, text_mask)
+                - mean.letter_inputs(encoded, swapped, text_mask)).abs().amax(-1)
+    assert bool((apart[:, 0] > 1e-3).all()), "the order of a step's two letters changed nothing"
+    assert float(same.max()) < 1e-5, "the mean cannot tell the order"
+    assert float(apart[:, 1].max()) < 1e-5, "the second step is the same letter twice in both"
+    again = Imuru.from_pretrained(columns.save_pretrained(tmp_path / "m"))
+    assert again.step_letters == "columns"
+    torch.testing.assert_close(again.letter_inputs(encoded, letters, text_mask),
+                               columns.letter_inputs(encoded, letters, text_mask))
+    assert not hasattr(tiny_model(reduction_factor=1, step_letters="columns"), "step_letters_proj")
+    with pytest.raises(UserError, match="step_letters must be one of"):
+        tiny_model(reduction_factor=2, step_letters="sum")
+    with pytest.raises(UserError, match="aligned_letters"):
+        Imuru(t5=TINY_T5, padding_latent=PAD, reduction_factor=2, step_letters="columns")
 
 
 def test_batches_carry_letter_starts_only_when_every_sample_has_them():

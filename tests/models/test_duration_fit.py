@@ -9,6 +9,9 @@ from test_imuru_module import TINY_T5, tiny_vae
 from imuru_pl.data.datamodule import LineDataModule
 from imuru_pl.errors import UserError
 from imuru_pl.models.imuru import Imuru
+from imuru_pl.models.latents import LatentEncoder
+from imuru_pl.models.tokenizer import encode_texts
+from imuru_pl.pipeline import resample_width, write_lines_detailed
 from imuru_pl.tasks.duration_fit import fit_durations, fit_settings
 
 FONTS = ["fontpkg_caveat", "fontpkg_kalam", "fontpkg_great_vibes"]
@@ -64,10 +67,11 @@ def test_settings_are_checked_and_steps_0_is_off():
     assert fit_settings(config(duration_fit={"steps": 0})) is None
     assert fit_settings(config()) is None  # a config from before the stage existed
     on = fit_settings(config(duration_fit={"steps": 5, "data": {"batch_size": 8}}))
-    assert on == {"steps": 5, "lr": 1e-3, "val_batches": 8, "log_every": 200}
+    assert on == {"steps": 5, "mode": "replace", "lr": 1e-3, "val_batches": 8, "log_every": 200}
     for wrong, message in [({"steps": -1}, "duration_fit.steps"), ({"steps": 2.5}, "duration_fit.steps"),
                            ({"steps": 5, "lr": 0}, "duration_fit.lr"),
                            ({"steps": 5, "val_batches": 0}, "val_batches"),
+                           ({"steps": 5, "mode": "both"}, "duration_fit.mode is one of replace, resample"),
                            ({"steps": 5, "data": {"font_folder": "x"}}, "data.font_folder is not a key")]:
         with pytest.raises(UserError, match=message):
             fit_settings(config(duration_fit=wrong))
@@ -79,3 +83,47 @@ def test_a_rate_that_diverges_stops_in_one_sentence_and_keeps_the_head():
     with pytest.raises(UserError, match="non-finite at step .* lower duration_fit.lr"):
         fit_durations(imuru, tiny_vae(), data(), {"steps": 20, "lr": 1e30, "val_batches": 1, "log_every": 20})
     assert all(torch.equal(p, before[name]) for name, p in imuru.named_parameters())
+
+
+def test_resample_mode_fits_a_width_head_and_the_lines_are_drawn_at_its_widths(tmp_path):
+    """mode=resample: the model as trained is untouched (it writes the same columns), a width head copied from
+    its duration head is fitted, and each written line is resampled to the width that head plans."""
+    imuru, vae = model(), tiny_vae()
+    with torch.no_grad():
+        imuru.duration_head[-1].bias.fill_(1.2)  # about 2.3 columns per letter: every line gets some
+    datamodule = data()
+    datamodule.setup("test")
+    batch = next(iter(datamodule.test_dataloader()))
+    texts = ["a few words", "ab", "longer line of text"]
+    style, widths = batch.style[:3], batch.style_widths[:3]
+    before = {name: p.detach().clone() for name, p in imuru.named_parameters()}
+    written = write_lines_detailed(imuru, vae, style, widths, texts, max_new_columns=40)
+    assert imuru.line_columns(*encode_texts(texts), *LatentEncoder(vae).style(style, widths, sample=False)) is None
+    result = fit_durations(imuru, vae, data(), {"steps": 40, "mode": "resample", "lr": 1e-2, "val_batches": 2,
+                                                "log_every": 10})
+    assert result["val_duration_loss_after"] < 0.75 * result["val_duration_loss_before"], result
+    assert imuru.width_head
+    for name, p in imuru.named_parameters():
+        if name in before:
+            assert torch.equal(p, before[name]), f"resample mode changed {name} of the model as trained"
+    again = Imuru.from_pretrained(imuru.save_pretrained(tmp_path / "m"))
+    assert again.width_head
+    resampled = write_lines_detailed(again, vae, style, widths, texts, max_new_columns=40)
+    columns = again.line_columns(*encode_texts(texts), *LatentEncoder(vae).style(style, widths, sample=False))
+    assert torch.equal(resampled.lengths, columns.clamp_max(40))
+    assert resampled.lengths.tolist() != written.lengths.tolist(), "the width head plans other widths"
+    for image, own, n in zip(resampled.images, written.images, resampled.lengths.tolist()):
+        torch.testing.assert_close(image, resample_width(own, 8 * n) if n else own)
+        assert image.shape[-1] == 8 * max(n, 1)
+    assert torch.equal(resampled.stopped, written.stopped)
+
+
+def test_a_resample_fit_that_diverges_leaves_no_width_head():
+    imuru = model()
+    before = {name: p.detach().clone() for name, p in imuru.named_parameters()}
+    with pytest.raises(UserError, match="non-finite"):
+        fit_durations(imuru, tiny_vae(), data(), {"steps": 20, "mode": "resample", "lr": 1e30, "val_batches": 1,
+                                                  "log_every": 20})
+    assert not imuru.width_head and not hasattr(imuru, "width_planner")
+    assert {name: p for name, p in imuru.named_parameters()}.keys() == before.keys()
+    assert all(p.requires_grad for p in imuru.parameters())

@@ -53,6 +53,16 @@ def test_the_duration_head_is_fitted_again_after_training(tiny_run: Path, tmp_pa
     refitted = ImuruPipeline.from_pretrained(tmp_path / "refit" / "model").model.state_dict()
     assert not torch.equal(refitted["duration_head.0.weight"], exported["duration_head.0.weight"])
     assert torch.equal(refitted["t5_to_vae.weight"], exported["t5_to_vae.weight"])
+    result = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--out",
+                             str(tmp_path / "width"), "duration_fit.steps=2", "duration_fit.val_batches=1",
+                             "duration_fit.mode=resample", "heldout.num_lines=2"], check=False,
+                            capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with_width = ImuruPipeline.from_pretrained(tmp_path / "width" / "model").model
+    assert with_width.width_head, "mode=resample saves a model with a width head"
+    widths = with_width.state_dict()
+    assert all(torch.equal(widths[key], value) for key, value in exported.items()), "the model as exported"
+    assert not torch.equal(widths["width_planner.duration_head.0.weight"], exported["duration_head.0.weight"])
     result = run_cli(*TINY_TRAIN, "model.aligned_letters=false", "duration_fit.steps=3",
                      f"hydra.run.dir={tmp_path / 'plain'}")
     assert result.returncode == 2 and "aligned letters" in result.stdout + result.stderr

@@ -14,6 +14,7 @@ The T5 encoder and decoder stacks are used directly: no lm_head and no decoder t
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -112,6 +113,7 @@ def t5_settings(t5: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 ATTENTIONS = ("sdpa", "eager")
+STEP_LETTERS = ("mean", "columns")  # how a decoder step's r columns pass their letters on (`letter_inputs`)
 
 
 def _stack_config(settings: Mapping[str, Any], decoder: bool, attention: str = "sdpa") -> T5Config:
@@ -153,6 +155,8 @@ class Imuru(nn.Module):
         duration_loss_weight: float = 1.0,
         duration_dropout: float = 0.0,
         letter_count_weight: float = 0.0,
+        step_letters: str = "mean",
+        width_head: bool = False,
         attention: str = "sdpa",
     ):
         super().__init__()
@@ -186,6 +190,14 @@ class Imuru(nn.Module):
         if letter_count_weight > 0 and not aligned_letters:
             raise UserError("letter_count_weight counts the style line's letters for the duration head: it needs "
                             "aligned_letters=true.")
+        if step_letters not in STEP_LETTERS:
+            raise UserError(f"step_letters must be one of {', '.join(STEP_LETTERS)} (how a decoder step's r "
+                            f"columns pass their letters on), got {step_letters!r}.")
+        if step_letters != "mean" and not aligned_letters:
+            raise UserError("step_letters passes each step its planned letters: it needs aligned_letters=true.")
+        if width_head and not aligned_letters:
+            raise UserError("width_head plans each line's width with a second duration head: it needs "
+                            "aligned_letters=true.")
         if guided_attention_sigma <= 0:
             raise UserError(f"guided_attention_sigma must be positive, got {guided_attention_sigma}.")
         if not 0.0 < stop_head_threshold < 1.0:
@@ -210,6 +222,8 @@ class Imuru(nn.Module):
         self.duration_loss_weight = float(duration_loss_weight)
         self.duration_dropout = float(duration_dropout)
         self.letter_count_weight = float(letter_count_weight)
+        self.step_letters = step_letters
+        self.width_head = bool(width_head)
         self.attention = attention
 
         d_model = self.t5_settings["d_model"]
@@ -239,12 +253,15 @@ class Imuru(nn.Module):
         if self.aligned_letters:  # each step is told its letter; a duration head plans the letters' widths
             self.letter_proj = nn.Linear(d_model, d_model)
             self.phase_proj = nn.Linear(2, d_model)
-            self.style_columns = nn.Conv1d(LATENT_CHANNELS, d_model // 2, kernel_size=5, padding=2)
-            self.style_summary = nn.Linear(d_model, d_model)
-            self.duration_head = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, 1))
-        if self.letter_count_weight > 0:  # letters per style column -> the hand's columns per letter
-            self.letter_density = nn.Linear(d_model // 2, 1)
-            self.columns_per_letter_proj = nn.Linear(1, d_model)
+            for name, module in self._planner(d_model).items():  # the duration head and its view of the hand
+                setattr(self, name, module)
+        if self.step_letters == "columns" and r > 1:  # each of a step's r columns its own letter input
+            self.step_letters_proj = nn.Linear(r * d_model, d_model)
+            with torch.no_grad():  # starts as the mean of the r columns' inputs
+                self.step_letters_proj.weight.copy_(torch.eye(d_model).repeat(1, r) / r)
+                self.step_letters_proj.bias.zero_()
+        if self.width_head:  # a second planner: only each line's width (`line_columns`), fitted by `duration_fit`
+            self.width_planner = nn.ModuleDict(self._planner(d_model))
 
         # The VAE's numbers travel with the weights (state_dict, checkpoints). An all-zero padding
         # latent and a NaN threshold mean "not known yet".
@@ -253,6 +270,22 @@ class Imuru(nn.Module):
         self.register_buffer("padding_latent", torch.zeros(LATENT_CHANNELS))
         self.register_buffer("blank_threshold", torch.tensor(float("nan")))
         self.set_latent_stats(latent_mean, latent_std, padding_latent, stop_threshold)
+
+    def _planner_names(self) -> list[str]:
+        names = ["style_columns", "style_summary", "duration_head"]
+        return names + (["letter_density", "columns_per_letter_proj"] if self.letter_count_weight > 0 else [])
+
+    def _planner(self, d_model: int) -> dict[str, nn.Module]:
+        """New modules of a duration planner: the head, the style-column convolution and summary it reads, and
+        with `letter_count_weight` the letter counter. The model's own planner is these as attributes; the
+        width head's (`width_planner`) the same names in a ModuleDict. Methods taking `planner` read either."""
+        modules = {"style_columns": nn.Conv1d(LATENT_CHANNELS, d_model // 2, kernel_size=5, padding=2),
+                   "style_summary": nn.Linear(d_model, d_model),
+                   "duration_head": nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, 1))}
+        if self.letter_count_weight > 0:  # letters per style column -> the hand's columns per letter
+            modules["letter_density"] = nn.Linear(d_model // 2, 1)
+            modules["columns_per_letter_proj"] = nn.Linear(1, d_model)
+        return modules
 
     # ------------------------------------------------------------------ latent statistics and stopping
 
@@ -423,30 +456,42 @@ class Imuru(nn.Module):
 
     def duration_losses(self, encoded: Tensor, text_ids: Tensor, letter_index: Tensor, lengths: Tensor,
                         style: Tensor, style_mask: Tensor,
-                        style_letters: Tensor | None = None) -> dict[str, Tensor]:
+                        style_letters: Tensor | None = None,
+                        planner: nn.Module | None = None) -> dict[str, Tensor]:
         """The duration head's loss against the columns each letter owns among each target's `lengths` (B,)
         written columns (`letter_index` (B, n)), and, with `letter_count_weight`, the style line's letter
-        count's against `style_letters` (B,). Unweighted; `forward` adds them to its loss."""
+        count's against `style_letters` (B,). Unweighted; `forward` adds them to its loss. `planner`: whose
+        head (default the model's own; `width_planner` for the width head)."""
         columns = torch.arange(letter_index.shape[1], device=lengths.device)
         written_columns = columns[None, :] < lengths[:, None]
         own = torch.where(written_columns, letter_index, torch.full_like(letter_index, text_ids.shape[1]))
         durations = letter_durations(own, text_ids.shape[1] + 1)[:, :-1]  # EOS and padding: not counted
-        summary, counted = self.writer_summary(style, style_mask)
-        losses = {"duration": duration_loss(self.log_durations(encoded, summary), durations, text_ids)}
+        summary, counted = self.writer_summary(style, style_mask, planner)
+        losses = {"duration": duration_loss(self.log_durations(encoded, summary, planner), durations, text_ids)}
         if counted is not None:
             wanted = torch.log1p(style_letters.to(counted))
             losses["letter_count"] = (torch.log1p(counted) - wanted).pow(2).mean()
         return losses
 
-    def duration_modules(self) -> list[nn.Module]:
+    def duration_modules(self, planner: nn.Module | None = None) -> list[nn.Module]:
         """What plans the letters' widths besides the text encoder: the duration head and its view of the hand
-        (empty without `aligned_letters`). `duration_fit` trains only these."""
+        (empty without `aligned_letters`); `planner`: the width head's instead. `duration_fit` trains only
+        these."""
         if not self.aligned_letters:
             return []
-        names = ["style_columns", "style_summary", "duration_head"]
-        if self.letter_count_weight > 0:
-            names += ["letter_density", "columns_per_letter_proj"]
-        return [getattr(self, name) for name in names]
+        return [getattr(planner or self, name) for name in self._planner_names()]
+
+    def add_width_head(self) -> nn.ModuleDict:
+        """A width head that starts as a copy of the model's own duration planner (replacing any earlier one):
+        `duration_fit.mode=resample` fits it, generation writes with the own plan and `line_columns` gives each
+        line's width from this one."""
+        if not self.aligned_letters:
+            raise UserError("A width head is a second duration head: this model has none (it was trained "
+                            "without model.aligned_letters).")
+        names = self._planner_names()
+        self.width_planner = nn.ModuleDict({name: copy.deepcopy(getattr(self, name)) for name in names})
+        self.width_head = True
+        return self.width_planner
 
     @contextmanager
     def _cross_attention_weights(self, enabled: bool):
@@ -478,65 +523,74 @@ class Imuru(nn.Module):
 
     def letter_inputs(self, encoded: Tensor, letter_index: Tensor, text_mask: Tensor) -> Tensor:
         """(B, n) letter of each column -> (B, n / r, d): per decoder step, its letters' encoder states and
-        places inside them (averaged over the step's r columns), added to the step's input."""
+        places inside them, added to the step's input: averaged over the step's r columns, or with
+        `step_letters="columns"` projected from all r in order (which column draws which letter)."""
         batch, columns = letter_index.shape
         d_model, r = encoded.shape[-1], self.reduction_factor
         letters = encoded.gather(1, letter_index[..., None].expand(-1, -1, d_model))
         eos = text_mask.sum(1) - 1
         phase = letter_phase(letter_index, encoded.shape[1], eos).to(encoded.dtype)
         inputs = self.letter_proj(letters) + self.phase_proj(phase)
+        if self.step_letters == "columns" and r > 1:
+            return self.step_letters_proj(inputs.reshape(batch, columns // r, r * d_model))
         return inputs.reshape(batch, columns // r, r, d_model).mean(dim=2)
 
-    def writer_summary(self, style: Tensor, style_mask: Tensor) -> tuple[Tensor, Tensor | None]:
+    def writer_summary(self, style: Tensor, style_mask: Tensor,
+                       planner: nn.Module | None = None) -> tuple[Tensor, Tensor | None]:
         """(B, d) what the duration head knows of the hand: a convolution over 5 neighbouring style columns
         (40 px, about two letters: how dense the hand writes), averaged and max-pooled over the style line.
         With `letter_count_weight`, also (B,) the letters the style line is predicted to hold (a density
         per column, summed); the summary then carries log(columns per letter), computed from that count
-        but not training it (only the count's own loss does)."""
+        but not training it (only the count's own loss does). `planner`: as in `duration_losses`."""
+        p = planner or self
         mask = style_mask[:, None, :].to(style.dtype)
         columns = self.normalise(style).transpose(1, 2) * mask  # padding read as zeros, as past a line's end
-        features = torch.relu(self.style_columns(columns)) * mask
+        features = torch.relu(p.style_columns(columns)) * mask
         counted = None
         if self.letter_count_weight > 0:
-            density = nn.functional.softplus(self.letter_density(features.transpose(1, 2))).squeeze(-1)
+            density = nn.functional.softplus(p.letter_density(features.transpose(1, 2))).squeeze(-1)
             counted = (density * mask[:, 0]).sum(-1)
         features = nn.functional.dropout(features, self.duration_dropout, self.training)
         mean = features.sum(-1) / mask.sum(-1).clamp_min(1.0)
-        summary = self.style_summary(torch.cat([mean, features.amax(-1)], dim=-1))
+        summary = p.style_summary(torch.cat([mean, features.amax(-1)], dim=-1))
         if counted is not None:
             per_letter = mask.sum(-1) / counted.detach().clamp_min(0.5)[:, None]  # (B, 1) columns per letter
-            summary = summary + self.columns_per_letter_proj(torch.log(per_letter))
+            summary = summary + p.columns_per_letter_proj(torch.log(per_letter))
         return summary, counted
 
-    def log_durations(self, encoded: Tensor, summary: Tensor) -> Tensor:
+    def log_durations(self, encoded: Tensor, summary: Tensor, planner: nn.Module | None = None) -> Tensor:
         """(B, L) predicted log(1 + columns) of each text token, from its encoder state and the hand's
         `writer_summary`."""
         inputs = nn.functional.dropout(encoded + summary[:, None], self.duration_dropout, self.training)
-        return self.duration_head(inputs).squeeze(-1)
+        return (planner or self).duration_head(inputs).squeeze(-1)
 
     def letter_widths(self, encoded: Tensor, text_ids: Tensor, style: Tensor, style_mask: Tensor,
-                      style_text: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                      style_text: tuple[Tensor, Tensor] | None = None, planner: nn.Module | None = None) -> Tensor:
         """(B, L) long: the planned width in columns of each text token (0 for EOS and padding).
 
         `style_text` (ids, mask of what the style line says, optional): the plan is scaled by the hand's
-        measured width against the width the head plans for the style line's own text (`width_scale`)."""
-        summary, _ = self.writer_summary(style, style_mask)
-        widths = self._planned_columns(encoded, text_ids, summary)
+        measured width against the width the head plans for the style line's own text (`width_scale`).
+        `planner`: as in `duration_losses`."""
+        summary, _ = self.writer_summary(style, style_mask, planner)
+        widths = self._planned_columns(encoded, text_ids, summary, planner)
         if style_text is not None:
-            widths = widths * self.width_scale(summary, style_mask, *style_text)[:, None]
+            widths = widths * self.width_scale(summary, style_mask, *style_text, planner=planner)[:, None]
         return widths.round().clamp_min(0).long()
 
-    def _planned_columns(self, encoded: Tensor, text_ids: Tensor, summary: Tensor) -> Tensor:
+    def _planned_columns(self, encoded: Tensor, text_ids: Tensor, summary: Tensor,
+                         planner: nn.Module | None = None) -> Tensor:
         """(B, L) float columns the duration head gives each letter (0 for EOS and padding)."""
-        widths = torch.expm1(self.log_durations(encoded, summary)).clamp_min(0)
+        widths = torch.expm1(self.log_durations(encoded, summary, planner)).clamp_min(0)
         return torch.where(text_ids >= BYTE_OFFSET, widths, torch.zeros_like(widths))
 
-    def width_scale(self, summary: Tensor, style_mask: Tensor, style_ids: Tensor, style_text_mask: Tensor) -> Tensor:
+    def width_scale(self, summary: Tensor, style_mask: Tensor, style_ids: Tensor, style_text_mask: Tensor,
+                    planner: nn.Module | None = None) -> Tensor:
         """(B,) the style line's width in columns over the width the duration head plans for its text,
         clamped to [1/2, 2]: how much wider or narrower than predicted this hand writes. 1 where the style
         text is empty. A hand unlike every training hand (an unseen script) is planned from the
         letters it was seen to write, not only from its look."""
-        planned = self._planned_columns(self.encode_text(style_ids, style_text_mask), style_ids, summary).sum(1)
+        encoded = self.encode_text(style_ids, style_text_mask)
+        planned = self._planned_columns(encoded, style_ids, summary, planner).sum(1)
         measured = style_mask.sum(1).to(planned.dtype)
         known = (style_ids >= BYTE_OFFSET).any(1) & (planned > 0)
         scale = (measured / planned.clamp_min(1e-6)).clamp(*WIDTH_SCALE_RANGE)
@@ -618,6 +672,19 @@ class Imuru(nn.Module):
                 hidden = decoder.step(step_input)
             columns, lengths, stopped = self._finish(tracker, plan, steps)
             return (columns, lengths, stopped) if return_stopped else (columns, lengths)
+
+    @torch.no_grad()
+    def line_columns(self, text_ids: Tensor, text_mask: Tensor, style: Tensor, style_mask: Tensor,
+                     style_text: tuple[Tensor, Tensor] | None = None) -> Tensor | None:
+        """(B,) long: each line's width in columns as the width head plans it (at least 1), or None without a
+        width head. `generate` writes with the model's own plan; the pipeline resamples each written line to
+        this width (`pipeline.write_lines_detailed`). Arguments as in `generate`."""
+        if not self.width_head:
+            return None
+        with self._eval_mode():
+            encoded = self.encode_text(text_ids, text_mask)
+            widths = self.letter_widths(encoded, text_ids, style, style_mask, style_text, self.width_planner)
+        return widths.sum(1).clamp_min(1)
 
     def _letter_plan(self, encoded: Tensor, text_ids: Tensor, text_mask: Tensor, style: Tensor,
                      style_mask: Tensor, columns: int,
@@ -775,6 +842,8 @@ class Imuru(nn.Module):
             "duration_loss_weight": self.duration_loss_weight,
             "duration_dropout": self.duration_dropout,
             "letter_count_weight": self.letter_count_weight,
+            "step_letters": self.step_letters,
+            "width_head": self.width_head,
             "attention": self.attention,
         }
 

@@ -6,6 +6,10 @@ from a head that has seen many (experiment=legible_fonts: 121 font families agai
 on). The head reads the frozen encoder's letter states and the style line's columns, so it trains alone: no
 column is written, no decoder runs, and a step costs the style lines' encoding and little else. The letters'
 states do not change; how many columns each letter gets does.
+
+Two modes (`duration_fit.mode`): `replace` fits the model's own head, so the letters are drawn at the new
+widths; `resample` fits a copy of it as a width head (`Imuru.add_width_head`) and keeps the own head, so each
+line is written at the widths the T5 trained with and then resampled horizontally to the width head's.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Iterator
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch import nn
 
 from imuru_pl.data.batch import LineBatch
 from imuru_pl.errors import UserError
@@ -30,13 +35,18 @@ from imuru_pl.tasks.common import stage_data_config
 
 log = logging.getLogger(__name__)
 
+MODES = ("replace", "resample")
+
 
 def fit_settings(cfg: DictConfig) -> dict | None:
-    """The checked `duration_fit` settings ({steps, lr, val_batches, log_every}), or None when it is off (no
-    `duration_fit` section, or steps 0). Checked before training, with the data it would read."""
+    """The checked `duration_fit` settings ({steps, mode, lr, val_batches, log_every}), or None when it is off
+    (no `duration_fit` section, or steps 0). Checked before training, with the data it would read."""
     section = cfg.get("duration_fit") or {}
-    settings = {"steps": section.get("steps", 0) or 0, "lr": section.get("lr", 1e-3),
-                "val_batches": section.get("val_batches", 8), "log_every": section.get("log_every", 200)}
+    settings = {"steps": section.get("steps", 0) or 0, "mode": section.get("mode", "replace"),
+                "lr": section.get("lr", 1e-3), "val_batches": section.get("val_batches", 8),
+                "log_every": section.get("log_every", 200)}
+    if settings["mode"] not in MODES:
+        raise UserError(f"duration_fit.mode is one of {', '.join(MODES)}, not {settings['mode']!r}.")
     for key in ("steps", "val_batches", "log_every"):
         value = settings[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "steps" else 1):
@@ -58,11 +68,11 @@ def check_aligned(aligned_letters: bool) -> None:
                         "(model.aligned_letters=true); this model has none: set duration_fit.steps=0.")
 
 
-def duration_losses(model: Imuru, latents: LatentEncoder, batch: LineBatch,
-                    sample: bool) -> dict[str, torch.Tensor]:
+def duration_losses(model: Imuru, latents: LatentEncoder, batch: LineBatch, sample: bool,
+                    planner: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """The duration head's losses on one batch: style columns from the frozen VAE, letter states from the
     frozen encoder, each target letter's columns from the batch's letter starts (real lines: spread
-    evenly)."""
+    evenly). `planner`: the width head's instead of the model's own."""
     device = model.latent_mean.device
     batch = batch.to(device)
     style, style_mask = latents.style(batch.style, batch.style_widths, batch.style_keys, sample)
@@ -73,7 +83,8 @@ def duration_losses(model: Imuru, latents: LatentEncoder, batch: LineBatch,
         encoded = model.encode_text(text_ids, text_mask)
     style_letters = (torch.tensor([len(text) for text in batch.style_texts], device=device)
                      if model.letter_count_weight > 0 else None)
-    return model.duration_losses(encoded, text_ids, letter_index, counts, style, style_mask, style_letters)
+    return model.duration_losses(encoded, text_ids, letter_index, counts, style, style_mask, style_letters,
+                                 planner)
 
 
 def _total(model: Imuru, losses: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -81,9 +92,10 @@ def _total(model: Imuru, losses: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validation_loss(model: Imuru, latents: LatentEncoder, loader, batches: int) -> float:
+def validation_loss(model: Imuru, latents: LatentEncoder, loader, batches: int,
+                    planner: nn.Module | None = None) -> float:
     """Mean duration loss over the first `batches` validation batches (posterior means, no sampling)."""
-    values = [float(duration_losses(model, latents, batch, sample=False)["duration"])
+    values = [float(duration_losses(model, latents, batch, sample=False, planner=planner)["duration"])
               for _, batch in zip(range(batches), loader)]
     return sum(values) / max(1, len(values))
 
@@ -94,29 +106,32 @@ def _forever(datamodule) -> Iterator[LineBatch]:
 
 
 def fit_durations(model: Imuru, vae: LineVAE, datamodule, settings: dict) -> dict[str, float]:
-    """Train `model`'s duration modules for `settings['steps']` AdamW steps (constant rate, no weight decay)
-    on `datamodule`'s training lines, in eval mode (no dropout), the rest frozen, each style line's latents
-    encoded once and sampled at every use; returns the validation duration loss before and after, and the
-    minutes."""
+    """Train `model`'s duration modules (`mode` resample: a width head copied from them) for
+    `settings['steps']` AdamW steps (constant rate, no weight decay) on `datamodule`'s training lines, in eval
+    mode (no dropout), the rest frozen, each style line's latents encoded once and sampled at every use;
+    returns the validation duration loss before and after, and the minutes."""
     check_aligned(model.aligned_letters)
     started = time.time()
-    trained = [p for module in model.duration_modules() for p in module.parameters()]
+    resample = settings.get("mode", "replace") == "resample"
+    planner = model.add_width_head() if resample else None
+    trained = [p for module in model.duration_modules(planner) for p in module.parameters()]
     flags = [p.requires_grad for p in model.parameters()]
-    mode = model.training
+    was_training, fitted = model.training, False
     model.eval().requires_grad_(False)
     for p in trained:
         p.requires_grad_(True)
     latents = LatentEncoder(vae.eval(), cache=True)  # lines rendered once: each style line encoded once
     datamodule.setup("fit")
     val_loader = datamodule.val_dataloader()
-    before = validation_loss(model, latents, val_loader, settings["val_batches"])
-    log.info("duration_fit: %d steps on %d parameters; validation duration loss %.4f before.",
-             settings["steps"], sum(p.numel() for p in trained), before)
+    before = validation_loss(model, latents, val_loader, settings["val_batches"], planner)
+    log.info("duration_fit: %d steps on %d parameters (%s); validation duration loss %.4f before.",
+             settings["steps"], sum(p.numel() for p in trained),
+             "a width head" if resample else "the duration head", before)
     optimizer = torch.optim.AdamW(trained, lr=float(settings["lr"]), weight_decay=0.0)
     start = [p.detach().clone() for p in trained]
     try:
         for step, batch in zip(range(1, settings["steps"] + 1), _forever(datamodule)):
-            loss = _total(model, duration_losses(model, latents, batch, sample=True))
+            loss = _total(model, duration_losses(model, latents, batch, sample=True, planner=planner))
             if not torch.isfinite(loss):
                 with torch.no_grad():
                     torch._foreach_copy_(trained, start)  # the head as training left it
@@ -127,11 +142,15 @@ def fit_durations(model: Imuru, vae: LineVAE, datamodule, settings: dict) -> dic
             optimizer.step()
             if step % settings["log_every"] == 0:
                 log.info("duration_fit step %d: training loss %.4f", step, float(loss.detach()))
-        after = validation_loss(model, latents, val_loader, settings["val_batches"])
+        after = validation_loss(model, latents, val_loader, settings["val_batches"], planner)
+        fitted = True
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
-        model.train(mode)
+        model.train(was_training)
+        if resample and not fitted:  # no half-fitted width head: lines keep the trained plan's widths
+            del model.width_planner
+            model.width_head = False
     minutes = (time.time() - started) / 60
     log.info("duration_fit: validation duration loss %.4f after %d steps (%.1f min).", after,
              settings["steps"], minutes)
