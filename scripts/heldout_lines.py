@@ -11,7 +11,9 @@ trained weights and their moving average, so the two are scored on the same step
 `scripts/legibility_table.py <out> --families` reads `<out>` as it reads a run (figures and widths per font
 family; no learning curve). With `duration_fit.steps=N` among the overrides the duration head is fitted
 again first, as at the end of training (`imuru_pl.tasks.duration_fit`), and the refitted model is saved to
-`<out>/model`. Prints the headline figures as one JSON line.
+`<out>/model` (without it nothing is fitted, whatever the run's config says: a run's own fit is in its
+exported model); `--model <out>/model` scores that model again with other overrides.
+Prints the headline figures as one JSON line.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, type=Path, help="a finished training run (<run>/model, <run>/.hydra)")
     parser.add_argument("--out", required=True, type=Path, help="where heldout/ is written (not the run itself)")
+    parser.add_argument("--model", type=Path, help="an exported model to score instead of <run>/model "
+                        "(e.g. one this script refitted and saved to <out>/model)")
     parser.add_argument("--checkpoint", type=Path, help="a training checkpoint of the run whose weights are scored")
     parser.add_argument("--weights", choices=("trained", "average"), default="average",
                         help="with --checkpoint: the optimiser's weights or their moving average (optim.ema_decay)")
@@ -70,7 +74,9 @@ def main() -> int:
             raise UserError(f"Overrides are key=value; got {' '.join(bad)}.")
         cfg = OmegaConf.merge(OmegaConf.load(config), OmegaConf.from_dotlist(args.overrides))
         cfg.paths.output_dir = str(args.out)  # the run's own pointed at Hydra's runtime, absent here
-        pipeline = ImuruPipeline.from_pretrained(args.run / "model")
+        if "duration_fit" in cfg and not any(o.startswith("duration_fit.steps=") for o in args.overrides):
+            cfg.duration_fit.steps = 0  # the run's own fit is in its exported model already
+        pipeline = ImuruPipeline.from_pretrained(args.model or args.run / "model")
         if args.checkpoint is not None:
             load_checkpoint_weights(pipeline, args.checkpoint, args.weights)
         refit = refit_durations(cfg, pipeline.model, pipeline.vae)
@@ -81,7 +87,9 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     fitted = {"duration_fit": refit} if refit is not None else {}
-    figures = {"run": str(args.run), "overrides": args.overrides, **fitted, **result.get("evaluation", {})}
+    model = {"model": str(args.model)} if args.model is not None else {}
+    figures = {"run": str(args.run), **model, "overrides": args.overrides, **fitted,
+               **result.get("evaluation", {})}
     print(json.dumps(figures))
     return 0
 

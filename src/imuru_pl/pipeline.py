@@ -48,7 +48,8 @@ def write_lines(model: Imuru, vae: LineVAE, style: Tensor, style_widths: Tensor,
     A model with a width head (`Imuru.line_columns`) has each written line resampled horizontally to the
     width that head plans.
     `style_texts` (optional, what each style image says) fits a letter plan's widths to the hand
-    (`Imuru.width_scale`; models with `aligned_letters` only).
+    (`Imuru.width_scale`; models with `aligned_letters` only); with a width head it scales only the width
+    each line is resampled to, and the letters are drawn at the widths the model trained with.
     """
     return write_lines_detailed(model, vae, style, style_widths, texts, max_new_columns, style_texts).images
 
@@ -66,9 +67,10 @@ def write_lines_detailed(model: Imuru, vae: LineVAE, style: Tensor, style_widths
         if len(style_texts) != len(texts):
             raise ValueError(f"{len(style_texts)} style texts for {len(texts)} lines")
         style_text = tuple(t.to(device) for t in encode_texts(style_texts))
-    columns, lengths, stopped = model.generate(
+    columns, lengths, stopped = model.generate(  # with a width head the style text sets only the line's width
         text_ids.to(device), text_mask.to(device), style_cols, style_mask,
-        max_new_columns=max_new_columns or model.max_new_columns, return_stopped=True, style_text=style_text,
+        max_new_columns=max_new_columns or model.max_new_columns, return_stopped=True,
+        style_text=None if model.width_head else style_text,
     )
     decoded = vae.decode(columns).cpu() if columns.shape[1] else None
     blank = torch.ones(1, 64, COLUMN_PX)  # a line with nothing written is one blank column

@@ -127,3 +127,33 @@ def test_a_resample_fit_that_diverges_leaves_no_width_head():
     assert not imuru.width_head and not hasattr(imuru, "width_planner")
     assert {name: p for name, p in imuru.named_parameters()}.keys() == before.keys()
     assert all(p.requires_grad for p in imuru.parameters())
+
+
+def test_a_width_head_sums_its_letters_before_rounding_and_a_style_text_scales_only_the_line_width():
+    """A hand of 1.4 columns a letter is planned at 1.4 n columns, not n; the style text's scale reaches the
+    width each line is resampled to, while the letters are drawn as without it."""
+    imuru, vae = model(), tiny_vae()
+    with torch.no_grad():
+        imuru.duration_head[-1].bias.fill_(1.2)
+    datamodule = data()
+    datamodule.setup("test")
+    batch = next(iter(datamodule.test_dataloader()))
+    texts = ["a few words", "ab", "longer line of text"]
+    style, widths = batch.style[:3], batch.style_widths[:3]
+    own = write_lines_detailed(imuru, vae, style, widths, texts, max_new_columns=80)
+    planner = imuru.add_width_head()
+    with torch.no_grad():
+        planner["duration_head"][-1].weight.zero_()
+        planner["duration_head"][-1].bias.fill_(torch.log(torch.tensor(2.4)).item())  # expm1: 1.4 columns
+    ids, mask = encode_texts(texts)
+    style_cols, style_mask = LatentEncoder(vae).style(style, widths, sample=False)
+    assert imuru.line_columns(ids, mask, style_cols, style_mask).tolist() == [15, 3, 27]
+    encoded = imuru.encode_text(ids, mask)
+    rounded = imuru.letter_widths(encoded, ids, style_cols, style_mask, planner=planner).sum(1)
+    assert rounded.tolist() == [11, 2, 19]
+    style_texts = ["x"] * 3  # one letter planned at 1.4 columns against a whole style line: scale 2, the cap
+    scaled = write_lines_detailed(imuru, vae, style, widths, texts, 80, style_texts)
+    assert scaled.lengths.tolist() == [31, 6, 53]
+    for image, drawn, n in zip(scaled.images, own.images, scaled.lengths.tolist()):
+        torch.testing.assert_close(image, resample_width(drawn, 8 * n))
+    assert torch.equal(scaled.stopped, own.stopped)

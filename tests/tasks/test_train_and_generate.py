@@ -63,6 +63,18 @@ def test_the_duration_head_is_fitted_again_after_training(tiny_run: Path, tmp_pa
     widths = with_width.state_dict()
     assert all(torch.equal(widths[key], value) for key, value in exported.items()), "the model as exported"
     assert not torch.equal(widths["width_planner.duration_head.0.weight"], exported["duration_head.0.weight"])
+    for model, code in [(tmp_path / "width" / "model", 0), (tmp_path / "nowhere", 2)]:  # scored again, no fit
+        result = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--model", str(model),
+                                 "--out", str(tmp_path / "again"), "heldout.num_lines=2"], check=False,
+                                capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
+        assert result.returncode == code, result.stderr[-3000:]
+        if code == 0:
+            figures = json.loads(result.stdout.strip().splitlines()[-1])
+            assert figures["model"] == str(model) and "duration_fit" not in figures
+    assert "Model directory not found" in result.stderr
+    assert not (tmp_path / "again" / "model").exists(), "nothing fitted, nothing saved"
+    report = json.loads((tmp_path / "again" / "heldout" / "evaluation.json").read_text())["generated"]
+    assert report["n_fake"] == 2
     result = run_cli(*TINY_TRAIN, "model.aligned_letters=false", "duration_fit.steps=3",
                      f"hydra.run.dir={tmp_path / 'plain'}")
     assert result.returncode == 2 and "aligned letters" in result.stdout + result.stderr

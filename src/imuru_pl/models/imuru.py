@@ -571,11 +571,17 @@ class Imuru(nn.Module):
         `style_text` (ids, mask of what the style line says, optional): the plan is scaled by the hand's
         measured width against the width the head plans for the style line's own text (`width_scale`).
         `planner`: as in `duration_losses`."""
+        return self._scaled_columns(encoded, text_ids, style, style_mask, style_text, planner).round().long()
+
+    def _scaled_columns(self, encoded: Tensor, text_ids: Tensor, style: Tensor, style_mask: Tensor,
+                        style_text: tuple[Tensor, Tensor] | None = None,
+                        planner: nn.Module | None = None) -> Tensor:
+        """(B, L) float: `letter_widths` before rounding each letter to whole columns."""
         summary, _ = self.writer_summary(style, style_mask, planner)
         widths = self._planned_columns(encoded, text_ids, summary, planner)
         if style_text is not None:
             widths = widths * self.width_scale(summary, style_mask, *style_text, planner=planner)[:, None]
-        return widths.round().clamp_min(0).long()
+        return widths
 
     def _planned_columns(self, encoded: Tensor, text_ids: Tensor, summary: Tensor,
                          planner: nn.Module | None = None) -> Tensor:
@@ -678,13 +684,14 @@ class Imuru(nn.Module):
                      style_text: tuple[Tensor, Tensor] | None = None) -> Tensor | None:
         """(B,) long: each line's width in columns as the width head plans it (at least 1), or None without a
         width head. `generate` writes with the model's own plan; the pipeline resamples each written line to
-        this width (`pipeline.write_lines_detailed`). Arguments as in `generate`."""
+        this width (`pipeline.write_lines_detailed`). Arguments as in `generate`; the letters' widths are
+        summed before rounding (a hand of 1.4 columns a letter would otherwise be planned at 1)."""
         if not self.width_head:
             return None
         with self._eval_mode():
             encoded = self.encode_text(text_ids, text_mask)
-            widths = self.letter_widths(encoded, text_ids, style, style_mask, style_text, self.width_planner)
-        return widths.sum(1).clamp_min(1)
+            widths = self._scaled_columns(encoded, text_ids, style, style_mask, style_text, self.width_planner)
+        return widths.sum(1).round().long().clamp_min(1)
 
     def _letter_plan(self, encoded: Tensor, text_ids: Tensor, text_mask: Tensor, style: Tensor,
                      style_mask: Tensor, columns: int,
