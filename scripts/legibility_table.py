@@ -3,7 +3,7 @@
     .venv/bin/python scripts/legibility_table.py outputs/legibility/<run> [<run> ...] [--at-step 500]
 
 Each run directory must hold `heldout/evaluation.json` and, for the curve's columns, `learning_curve.csv`
-(metrics.enabled=true; a `scripts/heldout_lines.py` output has none, its curve cells read "-").
+(metrics.enabled=true; a `python run.py task=heldout` output has none, its curve cells read "-").
 Columns: steps and training minutes, CER of generated lines for held-out (test) and seen (training) writers,
 CER of the real renders of the same held-out texts, HWD (relative: random backbone), stop rate and width error
 of held-out lines, and the command (the run's overrides). `--at-step N` adds the learning curve at step N
@@ -31,7 +31,7 @@ from imuru_pl.metrics.cer import cer
 
 def curve(run: Path) -> list[dict[str, float | None]]:
     """The run's learning curve; one empty point for held-out lines written again without training
-    (`scripts/heldout_lines.py`)."""
+    (`python run.py task=heldout`)."""
     if not (run / "learning_curve.csv").is_file():
         return [{"step": None, "minutes": None}]
     with (run / "learning_curve.csv").open() as handle:

@@ -66,7 +66,8 @@ def plan_figures(pipeline: ImuruPipeline, dataset, lines: int, factors: list[flo
 
         def plan(images: Tensor, widths: Tensor) -> Tensor:
             style, style_mask = latents.style(images, widths, sample=False)
-            return model.letter_widths(encoded, text_ids, style, style_mask).sum(1).float()
+            return model.letters.letter_widths(model.encode_text, encoded, text_ids, model.normalise(style),
+                                               style_mask).sum(1).float()
 
         planned = plan(batch.style, batch.style_widths)
         real = column_counts(batch.target_widths).float()
@@ -96,8 +97,8 @@ def main() -> int:
         if any(not 0.25 <= f <= 4 for f in args.stretch):
             raise UserError(f"--stretch factors must lie in [0.25, 4]; got {args.stretch}.")
         pipeline = ImuruPipeline.from_pretrained(args.model_dir)
-        if not pipeline.model.aligned_letters:
-            raise UserError(f"The model in {args.model_dir} plans no widths (aligned_letters is off).")
+        if pipeline.model.letters is None:
+            raise UserError(f"The model in {args.model_dir} plans no widths (model.letters is off).")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ from cli_helpers import TINY_TRAIN, run_cli  # noqa: E402
 def tiny_run(tmp_path_factory) -> Path:
     """One tiny end-to-end training run through run.py, shared by the tests that need a trained model."""
     run_dir = tmp_path_factory.mktemp("tiny_run")
-    # With the moving average of the weights on: the export, generation and scripts/heldout_lines.py run
+    # With the moving average of the weights on: the export, generation and task=heldout run
     # through it (its own tests: tests/models/test_ema_and_schedules.py).
     # And with the duration head fitted again after training, on hands of their own (duration_fit).
     result = run_cli(*TINY_TRAIN, "optim.ema_decay=0.5", "duration_fit.steps=3", "duration_fit.val_batches=1",

@@ -1,4 +1,5 @@
-"""Image grids for previews, TensorBoard and READMEs: rows of line images side by side."""
+"""Image grids for previews, TensorBoard and READMEs: rows of line images side by side; [-1, 1] tensors as
+PIL images."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imuru_pl.data.image import tensor_to_image
+
+def tensor_to_image(image: torch.Tensor) -> Image.Image:
+    """(C, H, W) or (H, W) tensor in [-1, 1] -> 8-bit PIL image (L or RGB)."""
+    image = image.detach().float().cpu()
+    if image.dim() == 3 and image.shape[0] == 1:
+        image = image[0]
+    arr = ((image.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).numpy()
+    if arr.ndim == 3:
+        return Image.fromarray(np.transpose(arr, (1, 2, 0)), mode="RGB")
+    return Image.fromarray(arr, mode="L")
 
 
 def as_image(item: Image.Image | torch.Tensor) -> Image.Image:

@@ -64,15 +64,21 @@ def test_durations_phase_and_plan_agree():
     assert torch.equal(planned, index), "the renderer's widths, planned, give the renderer's map back"
 
 
-def tiny_model(**kwargs) -> Imuru:
+def tiny_model(step_letters: str = "mean", **kwargs) -> Imuru:
     torch.manual_seed(0)
     return Imuru(t5=TINY_T5, padding_latent=PAD, stop_threshold=0.5, trailing_blank_columns=4,
-                 aligned_letters=True, position_embeddings=True, **kwargs)
+                 letters={"enabled": True, "step_letters": step_letters}, positions=True, **kwargs)
 
 
 def durations(model: Imuru, encoded, style, style_mask):
     """The duration head's log(1 + columns) per text token for these style columns."""
-    return model.log_durations(encoded, model.writer_summary(style, style_mask)[0])
+    planner = model.letters.planner
+    return planner.log_durations(encoded, planner.summary(model.normalise(style), style_mask))
+
+
+def planned_widths(model: Imuru, encoded, ids, style, style_mask, style_text=None):
+    return model.letters.letter_widths(model.encode_text, encoded, ids, model.normalise(style), style_mask,
+                                       style_text)
 
 
 def training_batch(model: Imuru):
@@ -96,7 +102,7 @@ def test_aligned_letters_train_every_parameter_with_a_duration_loss(r, step_lett
     out.loss.backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, f"{name} got no gradient"
-    with pytest.raises(UserError, match="aligned_letters"):
+    with pytest.raises(UserError, match="model.letters needs the letter"):
         model(*training_batch(model)[:6])
 
 
@@ -125,12 +131,12 @@ def test_aligned_prediction_is_the_same_alone_or_in_a_padded_batch(r, step_lette
 def test_planned_generation_cached_equals_full_recompute_and_ends_at_the_plan(r, step_letters):
     model = tiny_model(reduction_factor=r, step_letters=step_letters).eval()
     with torch.no_grad():
-        model.duration_head[-1].bias.fill_(1.2)  # about 2.3 columns per letter
+        model.letters.planner.duration_head[-1].bias.fill_(1.2)  # about 2.3 columns per letter
     ids, text_mask, style, style_mask, *_ = training_batch(model)
     cached, lengths, stopped = model.generate(ids, text_mask, style, style_mask, max_new_columns=50,
                                               return_stopped=True)
     full, full_lengths = model.generate_full_recompute(ids, text_mask, style, style_mask, max_new_columns=50)
-    planned = model.letter_widths(model.encode_text(ids, text_mask), ids, style, style_mask).sum(1)
+    planned = planned_widths(model, model.encode_text(ids, text_mask), ids, style, style_mask).sum(1)
     assert lengths.tolist() == full_lengths.tolist() == planned.tolist() and bool(stopped.all())
     assert all(n > 0 for n in planned.tolist())
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
@@ -148,22 +154,24 @@ def test_a_style_text_scales_the_plan_to_the_hands_measured_width():
     as the head predicts gets letters twice as wide; an empty style text leaves the plan alone."""
     model = tiny_model(reduction_factor=2).eval()
     with torch.no_grad():
-        model.duration_head[-1].bias.fill_(1.2)  # about 2.3 columns per letter
+        model.letters.planner.duration_head[-1].bias.fill_(1.2)  # about 2.3 columns per letter
     ids, text_mask, style, style_mask, *_ = training_batch(model)
     style_texts = ["ab", "some words", ""]  # 3 letters planned for 6 columns, 10 for 11, none
     style_ids, style_text_mask = encode_texts(style_texts)
     encoded = model.encode_text(ids, text_mask)
+    planner = model.letters.planner
     with torch.no_grad():
-        summary, _ = model.writer_summary(style, style_mask)
-        own = model._planned_columns(model.encode_text(style_ids, style_text_mask), style_ids, summary).sum(1)
-        raw = model._planned_columns(encoded, ids, summary)
-        scale = model.width_scale(summary, style_mask, style_ids, style_text_mask)
+        summary = planner.summary(model.normalise(style), style_mask)
+        own = planner.columns(model.encode_text(style_ids, style_text_mask), style_ids, summary).sum(1)
+        raw = planner.columns(encoded, ids, summary)
+        scale = model.letters.width_scale(model.encode_text, planner, summary, style_mask, style_ids,
+                                          style_text_mask)
     expected = (style_mask.sum(1) / own).clamp(0.5, 2.0)
     assert torch.allclose(scale[:2], expected[:2]) and scale[2] == 1.0
     assert not torch.allclose(scale[:2], torch.ones(2)), "these hands are not the head's guess"
-    scaled = model.letter_widths(encoded, ids, style, style_mask, (style_ids, style_text_mask))
+    scaled = planned_widths(model, encoded, ids, style, style_mask, (style_ids, style_text_mask))
     assert torch.equal(scaled, (raw * scale[:, None]).round().long())
-    assert torch.equal(scaled[2], model.letter_widths(encoded, ids, style, style_mask)[2])
+    assert torch.equal(scaled[2], planned_widths(model, encoded, ids, style, style_mask)[2])
     cached, lengths = model.generate(ids, text_mask, style, style_mask, max_new_columns=80,
                                      style_text=(style_ids, style_text_mask))
     full, full_lengths = model.generate_full_recompute(ids, text_mask, style, style_mask, max_new_columns=80,
@@ -179,7 +187,7 @@ def test_export_keeps_the_switch_and_the_generations(tmp_path):
     model = tiny_model(reduction_factor=2).eval()
     ids, text_mask, style, style_mask, *_ = training_batch(model)
     again = Imuru.from_pretrained(model.save_pretrained(tmp_path / "m"))
-    assert again.aligned_letters and again.duration_loss_weight == 1.0
+    assert again.letters is not None and again.letters.duration_loss_weight == 1.0
     first = model.generate(ids, text_mask, style, style_mask, max_new_columns=30)
     second = again.generate(ids, text_mask, style, style_mask, max_new_columns=30)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
@@ -195,26 +203,27 @@ def test_step_letters_columns_starts_as_the_mean_and_tells_which_column_draws_wh
     encoded = mean.encode_text(ids, text_mask).detach()
     letters = torch.tensor([[0, 1, 2, 2], [1, 2, 3, 3], [0, 1, 2, 2]])
     swapped = torch.tensor([[1, 0, 2, 2], [2, 1, 3, 3], [1, 0, 2, 2]])  # the first step's letters swapped
-    torch.testing.assert_close(columns.letter_inputs(encoded, letters, text_mask),
-                               mean.letter_inputs(encoded, letters, text_mask))
+    torch.testing.assert_close(columns.letters.step_inputs(encoded, letters, text_mask),
+                               mean.letters.step_inputs(encoded, letters, text_mask))
     with torch.no_grad():
-        columns.step_letters_proj.weight[:, :32].mul_(3.0)  # the first column weighs more
-        apart = (columns.letter_inputs(encoded, letters, text_mask)
-                 - columns.letter_inputs(encoded, swapped, text_mask)).abs().amax(-1)
-        same = (mean.letter_inputs(encoded, letters, text_mask)
-                - mean.letter_inputs(encoded, swapped, text_mask)).abs().amax(-1)
+        columns.letters.step_letters_proj.weight[:, :32].mul_(3.0)  # the first column weighs more
+        apart = (columns.letters.step_inputs(encoded, letters, text_mask)
+                 - columns.letters.step_inputs(encoded, swapped, text_mask)).abs().amax(-1)
+        same = (mean.letters.step_inputs(encoded, letters, text_mask)
+                - mean.letters.step_inputs(encoded, swapped, text_mask)).abs().amax(-1)
     assert bool((apart[:, 0] > 1e-3).all()), "the order of a step's two letters changed nothing"
     assert float(same.max()) < 1e-5, "the mean cannot tell the order"
     assert float(apart[:, 1].max()) < 1e-5, "the second step is the same letter twice in both"
     again = Imuru.from_pretrained(columns.save_pretrained(tmp_path / "m"))
-    assert again.step_letters == "columns"
-    torch.testing.assert_close(again.letter_inputs(encoded, letters, text_mask),
-                               columns.letter_inputs(encoded, letters, text_mask))
-    assert not hasattr(tiny_model(reduction_factor=1, step_letters="columns"), "step_letters_proj")
+    assert again.letters.step_letters == "columns"
+    torch.testing.assert_close(again.letters.step_inputs(encoded, letters, text_mask),
+                               columns.letters.step_inputs(encoded, letters, text_mask))
+    assert tiny_model(reduction_factor=1, step_letters="columns").letters.step_letters_proj is None
     with pytest.raises(UserError, match="step_letters must be one of"):
         tiny_model(reduction_factor=2, step_letters="sum")
-    with pytest.raises(UserError, match="aligned_letters"):
-        Imuru(t5=TINY_T5, padding_latent=PAD, reduction_factor=2, step_letters="columns")
+    off = Imuru(t5=TINY_T5, padding_latent=PAD, reduction_factor=2,
+                letters={"enabled": False, "step_letters": "columns"})
+    assert off.letters is None, "enabled: false switches the whole block off"
 
 
 def test_batches_carry_letter_starts_only_when_every_sample_has_them():
@@ -223,57 +232,3 @@ def test_batches_carry_letter_starts_only_when_every_sample_has_them():
     assert collate_lines([sample]).target_starts is None
     with_starts = collate_lines([{**sample, "target_starts": torch.tensor([4.0, 8.0])}])
     assert with_starts.target_starts[0].tolist() == [4, 8]
-
-
-def test_duration_dropout_acts_in_training_only_and_is_exported(tmp_path):
-    model = tiny_model(duration_dropout=0.5)
-    ids, text_mask, style, style_mask, *_ = training_batch(model)
-    encoded = model.encode_text(ids, text_mask).detach()
-    model.train()
-    first, second = (durations(model, encoded, style, style_mask) for _ in range(2))
-    assert not torch.equal(first, second), "dropout on the duration head's inputs changed nothing in training"
-    model.eval()
-    torch.testing.assert_close(durations(model, encoded, style, style_mask),
-                               durations(model, encoded, style, style_mask), atol=0, rtol=0)
-    again = Imuru.from_pretrained(model.save_pretrained(tmp_path / "m"))
-    assert again.duration_dropout == 0.5
-    torch.testing.assert_close(durations(again, encoded, style, style_mask),
-                               durations(model, encoded, style, style_mask))
-    with pytest.raises(UserError, match="duration_dropout"):
-        tiny_model(duration_dropout=1.0)
-
-
-def test_letter_counter_learns_the_style_lines_letters_and_informs_the_plan(tmp_path):
-    model = tiny_model(reduction_factor=2, letter_count_weight=0.5).train()
-    batch = training_batch(model)
-    style_letters = torch.tensor([7, 12, 3])
-    out = model(*batch, style_letters=style_letters)
-    assert set(out.losses) == {"mse", "duration", "letter_count"}
-    torch.testing.assert_close(out.loss, out.losses["mse"] + out.losses["duration"]
-                               + 0.5 * out.losses["letter_count"])
-    out.loss.backward()
-    for name, param in model.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, f"{name} got no gradient"
-    ids, text_mask, style, style_mask, *_ = batch
-    summary, counted = model.writer_summary(style, style_mask)
-    assert counted.shape == (3,) and bool((counted > 0).all())
-    expected = (torch.log1p(counted) - torch.log1p(style_letters.float())).pow(2).mean()
-    torch.testing.assert_close(out.losses["letter_count"], expected)
-    with pytest.raises(UserError, match="style_letters"):
-        model(*batch)
-    with pytest.raises(UserError, match="aligned_letters"):
-        Imuru(t5=TINY_T5, padding_latent=PAD, letter_count_weight=1.0)
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)  # the count alone can be fitted
-    for _ in range(60):
-        optimizer.zero_grad()
-        loss = model(*batch, style_letters=style_letters).losses["letter_count"]
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    assert torch.allclose(model.writer_summary(style, style_mask)[1], style_letters.float(), rtol=0.2)
-    again = Imuru.from_pretrained(model.save_pretrained(tmp_path / "m"))
-    assert again.letter_count_weight == 0.5
-    first = model.generate(ids, text_mask, style, style_mask, max_new_columns=30)
-    second = again.generate(ids, text_mask, style, style_mask, max_new_columns=30)
-    assert all(torch.equal(a, b) for a, b in zip(first, second))

@@ -108,7 +108,7 @@ def test_a_few_steps_lower_the_loss_and_generation_returns_images():
 
 def test_aligned_letters_spread_letters_evenly_where_the_data_has_no_letter_starts():
     m = module()
-    m.model = Imuru(t5=TINY_T5, style_enc="full", trailing_blank_columns=3, max_new_columns=6, aligned_letters=True)
+    m.model = Imuru(t5=TINY_T5, style_enc="full", trailing_blank_columns=3, max_new_columns=6, letters={"enabled": True})
     m.model.use_vae_stats(m.vae)
     b = batch()  # hand-made samples, like real data: no target_starts
     assert b.target_starts is None

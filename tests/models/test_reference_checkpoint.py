@@ -20,16 +20,17 @@ from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
 
 from imuru_pl.errors import UserError
+from imuru_pl.models.imuru import Imuru
 from imuru_pl.models.reference_checkpoint import (
     complete_t5_settings,
     is_reference_checkpoint,
     load_model_dir,
-    load_reference_checkpoint,
     load_reference_parts,
     t5_settings_from_state,
 )
 from imuru_pl.models.tokenizer import encode_texts
-from imuru_pl.pipeline import ImuruPipeline
+from imuru_pl.models.vae import LineVAE
+from imuru_pl.pipeline import ImuruPipeline, load_reference_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_T5 = {
@@ -232,7 +233,8 @@ def test_emuru_loads_as_weights_but_does_not_pretend_to_generate(tmp_path):
             assert torch.equal(ours[name], tensor), name
     for name, tensor in reference.vae.state_dict().items():
         assert torch.equal(parts.vae.autoencoder.state_dict()[name], tensor), name
-    assert isinstance(load_model_dir(directory, allow_emuru=True), ImuruPipeline)
+    model, vae = load_model_dir(directory, allow_emuru=True)
+    assert isinstance(model, Imuru) and isinstance(vae, LineVAE)
 
 
 @pytest.mark.parametrize("preset", ["small", "large"])

@@ -21,8 +21,8 @@ def gradients(model: Imuru, inputs) -> torch.Tensor:
 
 def test_eager_and_sdpa_attention_give_the_same_loss_gradients_and_generation():
     # eval(): no dropout or label noise, whose random draws the two implementations would take differently
-    sdpa = tiny_model(position_embeddings=True).eval()
-    eager = tiny_model(position_embeddings=True, attention="eager").eval()
+    sdpa = tiny_model(positions=True).eval()
+    eager = tiny_model(positions=True, attention="eager").eval()
     eager.load_state_dict(sdpa.state_dict())
     assert sdpa.encoder.config._attn_implementation == "sdpa"
     assert eager.encoder.config._attn_implementation == eager.decoder.config._attn_implementation == "eager"
@@ -39,10 +39,6 @@ def test_the_attention_choice_is_exported_and_checked(tmp_path):
     model = tiny_model(attention="eager")
     again = Imuru.from_pretrained(model.save_pretrained(tmp_path / "m"))
     assert again.attention == "eager" and again.decoder.config._attn_implementation == "eager"
-    # Guided attention reads the decoder's attention weights, which only the eager implementation returns.
-    guided = tiny_model(guided_attention_weight=1.0)
-    assert guided.encoder.config._attn_implementation == "sdpa"
-    assert guided.decoder.config._attn_implementation == "eager"
     with pytest.raises(UserError, match="attention must be one of sdpa, eager"):
         tiny_model(attention="flash")
 
@@ -78,7 +74,7 @@ def test_bf16_mixed_training_lowers_the_loss_and_keeps_float32_weights():
 
 
 def test_bfloat16_autocast_keeps_the_loss_and_the_gradient_direction():
-    model = tiny_model(position_embeddings=True, attention="eager").eval()
+    model = tiny_model(positions=True, attention="eager").eval()
     inputs = padded_batch()
     full = gradients(model, inputs)
     loss = float(model(*inputs).loss)

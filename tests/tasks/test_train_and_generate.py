@@ -3,7 +3,6 @@
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from safetensors.torch import load_file
 
 from imuru_pl.pipeline import ImuruPipeline
 
-from cli_helpers import REPO, TINY_TRAIN, env, run_cli
+from cli_helpers import REPO, TINY_TRAIN, run_cli
 
 SAMPLES = sorted(p for p in (REPO.parent / "shared" / "samples").glob("*") if p.suffix in {".png", ".jpg"})
 
@@ -34,48 +33,17 @@ def test_training_run_writes_model_logs_and_heldout_lines(tiny_run: Path):
 
 
 def test_the_duration_head_is_fitted_again_after_training(tiny_run: Path, tmp_path: Path):
-    """duration_fit: the exported model differs from the weights training ended with in its duration head
-    only; scripts/heldout_lines.py fits a finished run's head again the same way and saves the model."""
+    """duration_fit: the exported model is the weights training ended with plus a fitted width head;
+    task=heldout fits a finished run's width head again the same way (tests/tasks/test_heldout.py)."""
     last = tiny_run / "checkpoints" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
     trained = {key[len("ema_model."):]: value for key, value in state.items() if key.startswith("ema_model.")}
     exported = ImuruPipeline.from_pretrained(tiny_run / "model").model.state_dict()
-    moved = {key for key, value in trained.items() if not torch.equal(value, exported[key])}
-    assert moved and {key.split(".")[0] for key in moved} <= {"style_columns", "style_summary", "duration_head"}
+    assert all(torch.equal(value, exported[key]) for key, value in trained.items()), "the model as trained"
+    added = set(exported) - set(trained)
+    assert added and all(key.startswith("letters.width_planner.") for key in added)
     assert "duration_fit: validation duration loss" in (tiny_run / "train.log").read_text()
-    script = REPO / "scripts" / "heldout_lines.py"
-    result = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--out",
-                             str(tmp_path / "refit"), "duration_fit.steps=2", "duration_fit.val_batches=1",
-                             "heldout.num_lines=2"], check=False,
-                            capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1])["duration_fit"]["steps"] == 2
-    refitted = ImuruPipeline.from_pretrained(tmp_path / "refit" / "model").model.state_dict()
-    assert not torch.equal(refitted["duration_head.0.weight"], exported["duration_head.0.weight"])
-    assert torch.equal(refitted["t5_to_vae.weight"], exported["t5_to_vae.weight"])
-    result = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--out",
-                             str(tmp_path / "width"), "duration_fit.steps=2", "duration_fit.val_batches=1",
-                             "duration_fit.mode=resample", "heldout.num_lines=2"], check=False,
-                            capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    with_width = ImuruPipeline.from_pretrained(tmp_path / "width" / "model").model
-    assert with_width.width_head, "mode=resample saves a model with a width head"
-    widths = with_width.state_dict()
-    assert all(torch.equal(widths[key], value) for key, value in exported.items()), "the model as exported"
-    assert not torch.equal(widths["width_planner.duration_head.0.weight"], exported["duration_head.0.weight"])
-    for model, code in [(tmp_path / "width" / "model", 0), (tmp_path / "nowhere", 2)]:  # scored again, no fit
-        result = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--model", str(model),
-                                 "--out", str(tmp_path / "again"), "heldout.num_lines=2"], check=False,
-                                capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
-        assert result.returncode == code, result.stderr[-3000:]
-        if code == 0:
-            figures = json.loads(result.stdout.strip().splitlines()[-1])
-            assert figures["model"] == str(model) and "duration_fit" not in figures
-    assert "Model directory not found" in result.stderr
-    assert not (tmp_path / "again" / "model").exists(), "nothing fitted, nothing saved"
-    report = json.loads((tmp_path / "again" / "heldout" / "evaluation.json").read_text())["generated"]
-    assert report["n_fake"] == 2
-    result = run_cli(*TINY_TRAIN, "model.aligned_letters=false", "duration_fit.steps=3",
+    result = run_cli(*TINY_TRAIN, "model.letters.enabled=false", "duration_fit.steps=3",
                      f"hydra.run.dir={tmp_path / 'plain'}")
     assert result.returncode == 2 and "aligned letters" in result.stdout + result.stderr
     assert not (tmp_path / "plain" / "vae").exists(), "refused before the VAE stage"
@@ -120,15 +88,23 @@ def test_long_text_becomes_a_page_and_export_import_is_identical(tiny_run: Path,
     assert len(first.wrap(text)) > 1 and page.height > 64
 
 
+def plan_columns_per_letter(pipeline: ImuruPipeline) -> None:
+    """Make the duration head plan about 2.3 columns a letter whatever the hand (2 once rounded), without
+    the width head the run's duration_fit added (its own widths: tests/models/test_duration_fit.py)."""
+    letters = pipeline.model.letters
+    letters.drop_width_head()
+    with torch.no_grad():
+        letters.planner.duration_head[-1].weight.zero_()
+        letters.planner.duration_head[-1].bias.fill_(1.2)
+
+
 def test_a_style_text_fits_the_plan_and_a_bad_one_is_one_sentence(tiny_run: Path, tmp_path: Path):
     style = tmp_path / "style.png"
     drawn = Image.new("L", (320, 64), 240)
     ImageDraw.Draw(drawn).line([(8 + 10 * i, 50 - 30 * (i % 2)) for i in range(30)], fill=20, width=3)
     drawn.save(style)
     pipeline = ImuruPipeline.from_pretrained(tiny_run / "model")
-    with torch.no_grad():  # a dozen steps plan next to nothing; this head plans about 2.3 columns a letter
-        pipeline.model.duration_head[-1].weight.zero_()
-        pipeline.model.duration_head[-1].bias.fill_(1.2)
+    plan_columns_per_letter(pipeline)  # a dozen steps plan next to nothing
     loaded = pipeline.load_styles([style])
     # one letter for a 40-column line: the hand is measured far wider than planned (scale capped at 2)
     wide, plain = (pipeline.generate_lines(loaded, ["hell"], style_text=t)[0] for t in ("a", None))
@@ -142,44 +118,6 @@ def test_a_style_text_fits_the_plan_and_a_bad_one_is_one_sentence(tiny_run: Path
     out.unlink()
     result = run_cli("task=generate", *common, "style_text=' '")
     assert result.returncode != 0 and "style text is empty" in result.stdout + result.stderr and not out.exists()
-
-
-def test_heldout_lines_are_written_again_with_the_style_texts(tiny_run: Path, tmp_path: Path):
-    script = REPO / "scripts" / "heldout_lines.py"
-    result = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--out", str(tmp_path / "again"),
-                             "heldout.style_text_widths=true"], capture_output=True, text=True, timeout=600,
-                            env=env(), cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "again" / "heldout" / "evaluation.json").read_text())["generated"]
-    assert report["style_text_widths"] is True and report["n_fake"] == 4 and 0.0 <= report["width_within_15"] <= 1
-    original = json.loads((tiny_run / "heldout" / "evaluation.json").read_text())["generated"]
-    assert original["style_text_widths"] is False
-    result = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--out", str(tiny_run)],
-                            capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
-    assert result.returncode == 2 and "names the run itself" in result.stderr
-
-
-def test_heldout_lines_score_a_checkpoints_trained_weights_or_their_average(tiny_run: Path, tmp_path: Path):
-    script = REPO / "scripts" / "heldout_lines.py"
-    last = tiny_run / "checkpoints" / "last.ckpt"
-
-    def heldout(weights: str, checkpoint: Path = last, out: str = "") -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--out",
-                               str(tmp_path / (out or weights)), "--checkpoint", str(checkpoint), "--weights",
-                               weights], capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
-
-    for weights in ("trained", "average"):
-        result = heldout(weights)
-        assert result.returncode == 0, result.stderr[-3000:]
-    lines = [sorted((tmp_path / w / "heldout" / "generated").rglob("*.png")) for w in ("trained", "average")]
-    assert len(lines[0]) == len(lines[1]) == 4
-    assert any(a.read_bytes() != b.read_bytes() for a, b in zip(*lines)), "the two sets of weights write alike"
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    state["state_dict"] = {k: v for k, v in state["state_dict"].items() if not k.startswith("ema_model.")}
-    torch.save(state, tmp_path / "plain.ckpt")
-    result = heldout("average", tmp_path / "plain.ckpt", out="plain")
-    assert result.returncode == 2 and "holds no moving average" in result.stderr
-    assert not (tmp_path / "plain").exists(), "nothing is written for a refused checkpoint"
 
 
 def test_export_weights_last_exports_the_average_training_ended_with(tiny_run: Path, tmp_path: Path):
@@ -211,9 +149,7 @@ def reader_of_one_letter(directory: Path, letter: str = "a") -> Path:
 
 def test_a_style_reader_gives_generation_the_style_text_it_reads(tiny_run: Path, tmp_path: Path):
     pipeline = ImuruPipeline.from_pretrained(tiny_run / "model")
-    with torch.no_grad():  # about 2.3 columns a letter, as above: a style text of one letter doubles the plan
-        pipeline.model.duration_head[-1].weight.zero_()
-        pipeline.model.duration_head[-1].bias.fill_(1.2)
+    plan_columns_per_letter(pipeline)  # as above: a style text of one letter doubles the plan
     model_dir = pipeline.save_pretrained(tmp_path / "model")
     reader = reader_of_one_letter(tmp_path / "reader")
     style = tmp_path / "style.png"
@@ -237,22 +173,3 @@ def test_a_style_reader_gives_generation_the_style_text_it_reads(tiny_run: Path,
     assert both.returncode != 0 and "choose one" in both.stdout + both.stderr
     assert missing.returncode != 0 and "style_reader=" in missing.stdout + missing.stderr
     assert not (tmp_path / "both.png").exists() and not (tmp_path / "missing.png").exists()
-
-
-def test_heldout_lines_with_a_style_reader_report_its_reading(tiny_run: Path, tmp_path: Path):
-    script = REPO / "scripts" / "heldout_lines.py"
-    reader = reader_of_one_letter(tmp_path / "reader")
-
-    def heldout(out: str, *overrides: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--out", str(tmp_path / out),
-                               *overrides], capture_output=True, text=True, timeout=600, env=env(), cwd=REPO)
-
-    result = heldout("read", f"heldout.style_reader={reader}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "read" / "heldout" / "evaluation.json").read_text())["generated"]
-    assert report["n_fake"] == 4 and report["style_reader"] == str(reader)
-    assert 0.7 < report["style_reader_cer"] <= 1.0, "one letter read for whole style lines"
-    both = heldout("both", f"heldout.style_reader={reader}", "heldout.style_text_widths=true")
-    assert both.returncode == 2 and "choose one" in both.stderr
-    missing = heldout("missing", f"heldout.style_reader={tmp_path / 'nothing'}")
-    assert missing.returncode == 2 and "heldout.style_reader=" in missing.stderr

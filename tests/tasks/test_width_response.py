@@ -35,8 +35,8 @@ def test_stretched_resizes_each_image_to_its_own_factor_and_pads_white():
 
 def test_plans_per_split_and_family_and_refuses_a_model_without_plans(tiny_run, tmp_path):
     trained = ImuruPipeline.from_pretrained(tiny_run / "model")
-    assert trained.model.aligned_letters, "the tiny run trains with the demo's aligned letters"
-    settings = {**trained.model.config_dict(), "aligned_letters": False}
+    assert trained.model.letters is not None, "the tiny run trains with the demo's aligned letters"
+    settings = {**trained.model.config_dict(), "letters": None}
     unplanned = Imuru(**{k: v for k, v in settings.items() if k not in ("model_type", "format_version")})
     ImuruPipeline(unplanned, trained.vae).save_pretrained(tmp_path / "unplanned")
     result = run_script(tmp_path / "unplanned")

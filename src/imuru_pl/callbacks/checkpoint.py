@@ -290,8 +290,8 @@ class ResumableLoader(DataLoader):
     @classmethod
     def wrap(cls, loader: DataLoader, seed: int) -> DataLoader:
         """The same loader made resumable; loaders with a custom batch sampler are returned unchanged."""
-        if isinstance(loader, cls) or not isinstance(loader, DataLoader):
-            return loader
+        if isinstance(loader, cls) or not isinstance(loader, DataLoader) or getattr(loader, "restores_itself", False):
+            return loader  # (a loader that keeps its own position, e.g. the synthetic stream's, stays as it is)
         if loader.batch_size is None or type(loader.batch_sampler) is not BatchSampler:
             log.info("The training loader uses its own batch sampler: a mid-epoch resume restarts its epoch.")
             return loader

@@ -25,8 +25,8 @@ from imuru_pl.data.real import (
     split_writers,
 )
 from imuru_pl.data.synthetic import stable_seed
+from imuru_pl.data.transcriptions import IMAGE_SUFFIXES, TRANSCRIPTIONS, read_transcriptions
 from imuru_pl.errors import UserError
-from imuru_pl.metrics.folders import IMAGE_SUFFIXES, TRANSCRIPTIONS, read_transcriptions
 
 log = logging.getLogger(__name__)
 

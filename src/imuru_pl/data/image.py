@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from imuru_pl.data.batch import LINE_HEIGHT
 from imuru_pl.errors import UserError
+from imuru_pl.visual import tensor_to_image  # noqa: F401  (re-exported: it lives in visual.py)
 
 log = logging.getLogger(__name__)
 
@@ -142,17 +143,6 @@ def load_line(source: str | Path | Image.Image, channels: int = 3, *, max_width:
         raise UserError(f"{label} looks blank: no handwriting was found in it.")
     data = gray[None] if channels == 1 else np.transpose(arr, (2, 0, 1))
     return torch.from_numpy(data / 127.5 - 1.0).float()
-
-
-def tensor_to_image(image: torch.Tensor) -> Image.Image:
-    """(C, H, W) or (H, W) tensor in [-1, 1] -> 8-bit PIL image (L or RGB)."""
-    image = image.detach().float().cpu()
-    if image.dim() == 3 and image.shape[0] == 1:
-        image = image[0]
-    arr = ((image.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).numpy()
-    if arr.ndim == 3:
-        return Image.fromarray(np.transpose(arr, (1, 2, 0)), mode="RGB")
-    return Image.fromarray(arr, mode="L")
 
 
 def stack_lines(lines: list[Image.Image], gap: int = 8) -> Image.Image:

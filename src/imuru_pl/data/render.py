@@ -197,7 +197,7 @@ class Pen:
 
         Letter starts (float32, one per character of `" ".join(text.split())`, spaces included) are the pen
         positions on the baseline in px of the final mask: letter i owns the columns from its start to the
-        next letter's start (a space owns the gap between two words). They are what `model.aligned_letters`
+        next letter's start (a space owns the gap between two words). They are what `model.letters`
         learns the text-to-column alignment from.
         """
         words = text.split()

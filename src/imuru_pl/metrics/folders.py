@@ -16,13 +16,11 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from imuru_pl.data.transcriptions import IMAGE_SUFFIXES, TRANSCRIPTIONS, read_transcriptions
 from imuru_pl.errors import UserError
 from imuru_pl.metrics.items import Item
 
 log = logging.getLogger(__name__)
-
-TRANSCRIPTIONS = "transcriptions.json"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def _check_component(kind: str, value: str) -> None:
@@ -72,24 +70,6 @@ def write_folder(root: str | os.PathLike, items: Iterable[Item]) -> Path:
         raise
     log.info("Wrote %d lines of %d writers to %s", len(items), len({i.writer for i in items}), root)
     return root
-
-
-def read_transcriptions(root: Path) -> dict[str, str]:
-    path = root / TRANSCRIPTIONS
-    if not path.is_file():
-        raise UserError(
-            f"{path} is missing: every evaluation folder needs a {TRANSCRIPTIONS} (path -> text)."
-        )
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err}).") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-    ):
-        raise UserError(f"{path} must be one JSON object mapping relative image paths to texts.")
-    # Accept "./writer/x.png" and Windows separators as the same key.
-    return {Path(k.replace("\\", "/")).as_posix(): v for k, v in data.items()}
 
 
 def read_folder(root: str | os.PathLike) -> list[Item]:

@@ -1,13 +1,14 @@
 """The pieces of autoregressive generation that do not depend on what the model is trained for.
 
 - `StopRule` / `StopTracker`: per-sample stopping on the padding latent (a blank column) with a
-  rolling window, or on a stop head's end-of-line flag, plus the bookkeeping that crops trailing
-  blank columns.
+  rolling window, plus the bookkeeping that crops trailing blank columns.
 - `CachedDecoder`: one latent column per step through a transformers T5 decoder stack. The prefix
   goes through the stock decoder once, filling a transformers `EncoderDecoderCache`; its keys and
   values then seed preallocated buffers, and every later step runs a lean single-token pass over
   the same modules: no growing concatenations, no mask or position-bias rebuilding, cross-attention
   keys and values computed once.
+- `generate_full_recompute`: the reference's loop (everything re-run for every step), for tests and
+  benchmarks of the cached one.
 - `join_styles` / `pad_latents`: batching helpers for latent sequences.
 """
 
@@ -55,9 +56,8 @@ class StopRule:
 class StopTracker:
     """Writes generated columns into a preallocated buffer and decides, per sample, when to stop.
 
-    Two signals end a sample, whichever comes first: the `rule` (padding-latent similarity over a window)
-    and `ended`, an end-of-line flag per column from a model's stop head; the flagged column is not written.
-    Rows of finished samples are never written again. The work per step does not grow with the number of
+    The `rule` (padding-latent similarity over a window) ends a sample; without one every sample runs to
+    `max_columns`. Rows of finished samples are never written again. The work per step does not grow with the number of
     generated columns: the stop check reads a ring buffer of the last `window` blank flags.
     """
 
@@ -68,19 +68,15 @@ class StopTracker:
         self.columns = fill.to(like).expand(batch, max_columns, channels).clone()
         self.active = torch.ones(batch, dtype=torch.bool, device=like.device)
         self.last_ink = torch.full((batch,), -1, dtype=torch.long, device=like.device)
-        self.ended_at = torch.full((batch,), max_columns, dtype=torch.long, device=like.device)
         self.steps = 0
         if rule is not None:
             self.recent_blank = torch.zeros(batch, rule.window, dtype=torch.bool, device=like.device)
 
-    def update(self, column: Tensor, ended: Tensor | None = None) -> None:
-        """Record the raw column (B, C) generated at the current step; `ended` (B,) bool: past the line's end."""
+    def update(self, column: Tensor) -> None:
+        """Record the raw column (B, C) generated at the current step."""
         step = self.steps
-        writing = self.active if ended is None else self.active & ~ended
-        if ended is not None:
-            self.ended_at = torch.where(self.active & ended, step, self.ended_at)
+        writing = self.active
         self.columns[:, step] = torch.where(writing.unsqueeze(-1), column, self.columns[:, step])
-        self.active = writing
         if self.rule is not None:
             blank = self.rule.is_blank(column)
             self.last_ink = torch.where(writing & ~blank, step, self.last_ink)
@@ -99,7 +95,7 @@ class StopTracker:
     def result(self) -> tuple[Tensor, Tensor]:
         """Columns (B, n, C) cropped after each sample's last non-blank column, and lengths (B,)."""
         if self.rule is None:
-            lengths = self.ended_at.clamp_max(self.steps)
+            lengths = torch.full_like(self.last_ink, self.steps)
             return self.columns[:, : self.steps], lengths
         lengths = self.last_ink + 1
         width = int(lengths.max())
@@ -238,3 +234,37 @@ def pad_latents(sequences: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         batch[row, : seq.shape[0]] = seq
         mask[row, : seq.shape[0]] = True
     return batch, mask
+
+
+@torch.inference_mode()
+def generate_full_recompute(model, text_ids: Tensor, text_mask: Tensor, style: Tensor, style_mask: Tensor,
+                            max_new_columns: int | None = None, stop="model",
+                            style_text: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """The reference loop for an `Imuru` `model`: encoder and whole decoder re-run for every decoder step,
+    no cache. Same inputs, outputs and stopping as `Imuru.generate`."""
+    steps, rule = model._generation_setup(style_mask, max_new_columns, stop)
+    r, channels = model.reduction_factor, style.shape[-1]
+    with model._eval_mode():
+        batch = text_ids.shape[0]
+        plan = model.letter_plan(model.encode_text(text_ids, text_mask), text_ids, text_mask, style,
+                                 style_mask, steps, style_text)
+        decoder_steps = plan.steps if plan is not None else -(-steps // r)
+        tracker = StopTracker(batch, decoder_steps * r, channels, None if plan is not None else rule, like=style)
+        written = style.new_zeros(batch, 0, r * channels)  # normalised groups of r columns
+        for step in range(decoder_steps):
+            encoded = model.encode_text(text_ids, text_mask)
+            prefix, prefix_mask = model.style_prefix(style, style_mask)
+            columns = torch.cat([model._sos(batch), model.embed_columns(written)], dim=1)
+            if plan is not None:
+                columns = columns + plan.inputs[:, : step + 1]
+            mask = torch.cat([prefix_mask, prefix_mask.new_ones(batch, written.shape[1] + 1)], dim=1)
+            hidden = model.decoder(inputs_embeds=torch.cat([prefix, columns], dim=1), attention_mask=mask,
+                                   encoder_hidden_states=encoded, encoder_attention_mask=text_mask.bool(),
+                                   use_cache=False).last_hidden_state[:, -1:]
+            group = model.t5_to_vae(hidden)
+            model._track(tracker, group)
+            if tracker.all_done():
+                break
+            written = torch.cat([written, group], dim=1)
+        columns, lengths, _ = model._finish(tracker, plan, steps)
+        return columns, lengths

@@ -14,22 +14,20 @@ import torch
 from lightning.pytorch.callbacks import Timer
 from torch import Tensor
 
-from imuru_pl.data.batch import COLUMN_PX, LineBatch
+from imuru_pl.data.batch import LineBatch
 from imuru_pl.errors import UserError
 from imuru_pl.models.imuru import Imuru
-from imuru_pl.models.latents import LatentEncoder, length_mask
-from imuru_pl.models.reader import LineReader
+from imuru_pl.models.latents import LatentEncoder
 from imuru_pl.models.schedules import check_optim_config, lr_factor
 from imuru_pl.models.vae import LineVAE
-from imuru_pl.pipeline import write_lines
+from imuru_pl.models.writing import write_lines
 
 log = logging.getLogger(__name__)
 
 
 class ImuruModule(L.LightningModule):
     def __init__(self, model: Imuru, vae: LineVAE, optim: dict, latent_cache: bool = False,
-                 max_nonfinite_steps: int = 20, reader: LineReader | None = None, reader_weight: float = 0.0,
-                 reader_lines: int = 8, reader_start_step: int = 0):
+                 max_nonfinite_steps: int = 20):
         super().__init__()
         self.model = model
         self.optim = dict(optim)
@@ -39,10 +37,6 @@ class ImuruModule(L.LightningModule):
         # Plain attribute, not a submodule: frozen, not in the optimiser, not in checkpoints.
         self.__dict__["vae"] = vae.freeze()
         self.latents = LatentEncoder(vae, cache=latent_cache)
-        # The recognition loss (docs/legibility.md): a frozen reader, held like the VAE.
-        self.__dict__["reader"] = reader.eval().requires_grad_(False) if reader is not None else None
-        self.reader_weight, self.reader_lines = float(reader_weight), int(reader_lines)
-        self.reader_start_step = int(reader_start_step)
         # An exponential moving average of the weights (optim.ema_decay > 0): a frozen copy, in the state dict
         # (so checkpoints and resume keep it), never in the optimiser; validation, generation and the export
         # use it (`eval_model`).
@@ -59,26 +53,17 @@ class ImuruModule(L.LightningModule):
     def _vae_on_device(self) -> LineVAE:
         if self.vae.padding_latent.device != self.device:
             self.vae.to(self.device)
-            if self.reader is not None:
-                self.reader.to(self.device)
         return self.vae
 
     # -- one shared step ------------------------------------------------------------------------
-    def _inputs_and_counts(self, batch: LineBatch) -> tuple[dict[str, Tensor], Tensor]:
-        self._vae_on_device()
-        return self.latents.model_inputs(self.model, batch, sample=self.training)
-
     def _inputs(self, batch: LineBatch) -> dict[str, Tensor]:
-        return self._inputs_and_counts(batch)[0]
+        self._vae_on_device()
+        return self.latents.model_inputs(self.model, batch, sample=self.training)[0]
 
     def _step(self, batch: LineBatch, stage: str) -> Tensor:
-        inputs, counts = self._inputs_and_counts(batch)
+        inputs = self._inputs(batch)
         out = (self.model if stage == "train" else self.eval_model)(**inputs)
-        loss, losses = out.loss, dict(out.losses)
-        if (self.reader is not None and self.reader_weight > 0 and stage == "train"
-                and self.global_step >= self.reader_start_step):
-            losses["reader"] = self.reader_loss(out.prediction, counts, inputs["text_ids"])
-            loss = loss + self.reader_weight * losses["reader"]
+        loss, losses = out.loss, out.losses
         options = dict(batch_size=len(batch), sync_dist=stage != "train", on_step=stage == "train",
                        on_epoch=stage != "train")
         self.log(f"{stage}/loss", loss, prog_bar=True, **options)
@@ -86,17 +71,6 @@ class ImuruModule(L.LightningModule):
             for name, value in losses.items():
                 self.log(f"{stage}/loss_{name}", value.detach(), **options)
         return loss
-
-    def reader_loss(self, prediction: Tensor, counts: Tensor, text_ids: Tensor) -> Tensor:
-        """The frozen reader's CTC on the VAE's drawing of the first `reader_lines` teacher-forced
-        predictions (B, n, 8), each cut to its line's own columns (the rest: the padding latent)."""
-        lines = min(self.reader_lines, len(counts))
-        counts = counts[:lines]
-        width = int(counts.max())
-        pad = self.vae.padding_latent.to(prediction)
-        columns = torch.where(length_mask(counts, width)[..., None], prediction[:lines, :width], pad)
-        images = self.vae.decode(columns)  # gradients reach the prediction, not the frozen VAE
-        return self.reader.ctc(images.float(), counts * COLUMN_PX, text_ids[:lines])
 
     def training_step(self, batch: LineBatch, batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")

@@ -114,8 +114,7 @@ class LatentEncoder:
 
     def model_inputs(self, model: Imuru, batch: LineBatch, sample: bool) -> tuple[dict[str, Tensor], Tensor]:
         """The keyword arguments of `model(...)` for a batch (text ids and masks, style columns, target
-        columns with trailing blanks, each column's letter when the model aligns letters, the style lines'
-        character counts when it counts them), on the model's device, and the target's column counts (B,)."""
+        columns with trailing blanks, each column's letter when the model aligns letters), on the model's device, and the target's column counts (B,)."""
         device = model.latent_mean.device
         style, style_mask = self.style(batch.style, batch.style_widths, batch.style_keys, sample)
         target, counts = self.target(batch.target, batch.target_widths, batch.target_keys, sample)
@@ -123,8 +122,6 @@ class LatentEncoder:
         text_ids, text_mask = encode_texts(batch.texts)
         inputs = dict(text_ids=text_ids.to(device), text_mask=text_mask.to(device),
                       style=style, style_mask=style_mask, target=target, target_mask=target_mask)
-        if model.aligned_letters:  # the renderer's letter starts; real lines: spread evenly
+        if model.letters is not None:  # the renderer's letter starts; real lines: spread evenly
             inputs["letter_index"] = batch_letters(batch, counts, target.shape[1]).to(device)
-        if model.letter_count_weight > 0:  # what the style line's letter counter learns from
-            inputs["style_letters"] = torch.tensor([len(text) for text in batch.style_texts], device=device)
         return inputs, counts

@@ -1,10 +1,9 @@
-"""A small line recogniser (CNN + CTC) that the Imuru stage reads its own predictions with.
+"""A small line recogniser (CNN + CTC): the VAE stage's recognition loss reads reconstructions with it.
 
-Emuru trains its VAE with a recognition loss; here a reader trained on the training lines (clean and
-through the frozen VAE) stays frozen while the T5 trains, and reads the teacher-forced prediction
-decoded by the VAE: a CTC loss on what the predicted columns draw, not on how close they are to the
-target's latents (`reader.weight`, docs/legibility.md). No recogniser ships offline, so the project
-trains its own (`imuru_pl.tasks.train_reader`).
+Emuru trains its VAE with a recognition loss; here a reader trained on the clean training lines stays frozen
+while the VAE trains and reads its reconstructions (`vae.train.reader_weight`, docs/vae.md); it also reads style
+lines for their widths (`heldout.style_reader`). No recogniser ships offline, so the project trains its own
+(`imuru_pl.tasks.train_reader`).
 
 A line (B, 1, 64, W) in [-1, 1] becomes one frame per 4 px (two per latent column): four conv stages
 bring the height to 4 rows, a linear layer turns each frame into a feature vector, two residual 1-D
@@ -20,14 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from imuru_pl.data.batch import LINE_HEIGHT
 from imuru_pl.errors import UserError
-from imuru_pl.models.alignment import ctc_loss
-from imuru_pl.models.tokenizer import EOS_ID, PAD_ID, VOCAB_SIZE, decode_ids
+from imuru_pl.models.tokenizer import BYTE_OFFSET, EOS_ID, PAD_ID, VOCAB_SIZE, decode_ids
 from imuru_pl.models.weights_dir import CONFIG_NAME, WEIGHTS_NAME, is_weights_dir, save_weights_dir
 from imuru_pl.models.vae import convert_channels
 
@@ -38,6 +37,24 @@ def _stage(c_in: int, c_out: int, pool: tuple[int, int]) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
                          nn.MaxPool2d(pool))
 
+
+
+def ctc_targets(text_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Byte ids without EOS and padding, concatenated (as F.ctc_loss takes them), and their lengths."""
+    keep = text_ids >= BYTE_OFFSET
+    return text_ids[keep], keep.sum(1)
+
+
+def ctc_loss(logits: Tensor, lengths: Tensor, text_ids: Tensor) -> Tensor:
+    """CTC of per-frame character logits (B, n, V) against the texts; the pad id is the CTC blank.
+
+    Lines narrower than CTC needs (fewer frames than letters plus repeats) are left out
+    (`zero_infinity`); the loss is the mean over lines of the per-letter negative log-likelihood.
+    """
+    targets, target_lengths = ctc_targets(text_ids)
+    log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (n, B, V)
+    return F.ctc_loss(log_probs, targets, lengths.clamp_max(logits.shape[1]), target_lengths,
+                      blank=PAD_ID, reduction="mean", zero_infinity=True)
 
 class LineReader(nn.Module):
     def __init__(self, channels: Sequence[int] = (16, 32, 64, 96), hidden: int = 192, context_kernel: int = 5):

@@ -13,9 +13,11 @@ when they match. Two differences are folded into the weights so that outputs are
 T5 scales the decoder output by d_model^-0.5 before its identity lm_head (folded into `t5_to_vae`), and it
 uses raw latents (latent mean 0, std 1 here).
 
-Imuru checkpoints load as an `ImuruPipeline` and generate with the cached generator. Emuru reads the style
-image's transcription together with the target text and continues the style image's own columns; that is
-not what this generator does, so Emuru loads only as weights (`load_reference_parts`), e.g. to fine-tune.
+Imuru checkpoints load as a model and its VAE (`load_reference_model`; `pipeline.load_reference_checkpoint`
+wraps them in an `ImuruPipeline`) and generate with the cached generator. Emuru reads the style image's
+transcription together with the target text and continues the style image's own columns; that is not what
+this generator does, so Emuru loads only as weights (`load_reference_parts`), e.g. to fine-tune.
+`load_model_dir` loads either layout: an exported imuru-pl model or a reference checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import torch
 from diffusers import AutoencoderKL
@@ -35,15 +37,14 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from imuru_pl.errors import UserError
-from imuru_pl.models.imuru import LATENT_CHANNELS, T5_DEFAULTS, Imuru
+from imuru_pl.models.imuru import LATENT_CHANNELS, Imuru
+from imuru_pl.models.t5_stacks import T5_DEFAULTS
 from imuru_pl.models.vae import LineVAE
-
-if TYPE_CHECKING:
-    from imuru_pl.pipeline import ImuruPipeline
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
+VAE_SUBDIR = "vae"  # an exported imuru-pl model keeps its frozen VAE in this folder
 REFERENCE_KEYS = (
     "t5_name_or_path",
     "vae_name_or_path",
@@ -358,16 +359,26 @@ def load_reference_parts(
     return ReferenceParts(kind, model.eval(), vae.eval(), preset)
 
 
-def load_reference_checkpoint(
-    directory: str | os.PathLike, device: str | torch.device = "cpu", vae_config: dict[str, Any] | None = None
-) -> ImuruPipeline:
-    """A published Imuru checkpoint directory as a ready `ImuruPipeline` (offline, local path)."""
-    from imuru_pl.pipeline import ImuruPipeline
+class ModelParts(NamedTuple):
+    """A loaded model and its frozen VAE (`ImuruPipeline(*parts)` makes a pipeline of them)."""
 
+    model: Imuru
+    vae: LineVAE
+
+
+def load_reference_model(
+    directory: str | os.PathLike, allow_emuru: bool = False, vae_config: dict[str, Any] | None = None
+) -> ModelParts:
+    """A published Imuru checkpoint directory as its model and VAE (on the CPU); Emuru only with
+    `allow_emuru` (its weights as a start for fine-tuning)."""
     parts = load_reference_parts(directory, vae_config)
     if parts.kind == "emuru":
-        raise _emuru_error(directory)
-    return ImuruPipeline(parts.model, parts.vae, device)
+        if not allow_emuru:
+            raise _emuru_error(directory)
+        log.warning(
+            "Starting from Emuru's weights: its T5 learnt other inputs, fine-tuning adapts it to Imuru's."
+        )
+    return ModelParts(parts.model, parts.vae)
 
 
 def _emuru_error(directory: str | os.PathLike) -> UserError:
@@ -381,17 +392,16 @@ def _emuru_error(directory: str | os.PathLike) -> UserError:
 
 def load_model_dir(
     directory: str | os.PathLike, device: str | torch.device = "cpu", allow_emuru: bool = False
-) -> ImuruPipeline:
-    """An exported imuru-pl model or a reference checkpoint, whichever the directory holds."""
-    from imuru_pl.pipeline import ImuruPipeline
-
-    if not is_reference_checkpoint(directory):
-        return ImuruPipeline.from_pretrained(directory, device)
-    parts = load_reference_parts(directory)
-    if parts.kind == "emuru":
-        if not allow_emuru:
-            raise _emuru_error(directory)
-        log.warning(
-            "Starting from Emuru's weights: its T5 learnt other inputs, fine-tuning adapts it to Imuru's."
-        )
-    return ImuruPipeline(parts.model, parts.vae, device)
+) -> ModelParts:
+    """An exported imuru-pl model or a reference checkpoint, whichever the directory holds, as its model (in
+    eval mode) and its frozen VAE on `device`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"Model directory not found: {directory}.")
+    if is_reference_checkpoint(directory):  # a published Imuru checkpoint (Hugging Face layout)
+        model, vae = load_reference_model(directory, allow_emuru)
+    elif not (directory / VAE_SUBDIR).is_dir():
+        raise UserError(f"{directory} is not an exported imuru-pl model: it has no '{VAE_SUBDIR}/' folder.")
+    else:
+        model, vae = Imuru.from_pretrained(directory), LineVAE.from_pretrained(directory / VAE_SUBDIR)
+    return ModelParts(model.to(device).eval(), vae.freeze().to(device))

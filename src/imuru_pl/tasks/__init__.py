@@ -17,6 +17,8 @@ TASKS = {
     "train": "imuru_pl.tasks.train",
     "generate": "imuru_pl.tasks.generate",
     "evaluate": "imuru_pl.tasks.evaluate",
+    "heldout": "imuru_pl.tasks.heldout",
+    "vae_cer": "imuru_pl.tasks.vae_cer",
 }
 TRAINING_TASKS = ("train", "train_vae")
 # Strategies whose launcher re-runs the command line in new processes: inside a sweep each child would

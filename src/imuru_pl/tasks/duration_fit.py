@@ -1,15 +1,12 @@
-"""`duration_fit`: after the T5 has trained, its duration head (with the head's view of the hand) trains again
-on its own data while everything else stays frozen (docs/legibility.md).
+"""`duration_fit`: after the T5 has trained, a width head (a copy of its duration head and the head's view of the
+hand) trains on its own data while everything else stays frozen (docs/legibility.md).
 
 The letters learn fastest from few hands, while the widths an unseen hand is planned with come out best
 from a head that has seen many (experiment=legible_fonts: 121 font families against the eight the T5 trains
 on). The head reads the frozen encoder's letter states and the style line's columns, so it trains alone: no
 column is written, no decoder runs, and a step costs the style lines' encoding and little else. The letters'
-states do not change; how many columns each letter gets does.
-
-Two modes (`duration_fit.mode`): `replace` fits the model's own head, so the letters are drawn at the new
-widths; `resample` fits a copy of it as a width head (`Imuru.add_width_head`) and keeps the own head, so each
-line is written at the widths the T5 trained with and then resampled horizontally to the width head's.
+states do not change; how wide each line is does. The trained head stays: each line is written at the widths
+the T5 trained with and then resampled horizontally to the width head's (`AlignedLetters.line_columns`).
 """
 
 from __future__ import annotations
@@ -22,12 +19,12 @@ from collections.abc import Iterator
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch import nn
 
 from imuru_pl.data.batch import LineBatch
 from imuru_pl.errors import UserError
 from imuru_pl.models.alignment import batch_letters
 from imuru_pl.models.imuru import Imuru
+from imuru_pl.models.letters import DurationPlanner
 from imuru_pl.models.latents import LatentEncoder, column_counts
 from imuru_pl.models.tokenizer import encode_texts
 from imuru_pl.models.vae import LineVAE
@@ -35,18 +32,13 @@ from imuru_pl.tasks.common import stage_data_config
 
 log = logging.getLogger(__name__)
 
-MODES = ("replace", "resample")
-
 
 def fit_settings(cfg: DictConfig) -> dict | None:
-    """The checked `duration_fit` settings ({steps, mode, lr, val_batches, log_every}), or None when it is off
+    """The checked `duration_fit` settings ({steps, lr, val_batches, log_every}), or None when it is off
     (no `duration_fit` section, or steps 0). Checked before training, with the data it would read."""
     section = cfg.get("duration_fit") or {}
-    settings = {"steps": section.get("steps", 0) or 0, "mode": section.get("mode", "replace"),
-                "lr": section.get("lr", 1e-3), "val_batches": section.get("val_batches", 8),
-                "log_every": section.get("log_every", 200)}
-    if settings["mode"] not in MODES:
-        raise UserError(f"duration_fit.mode is one of {', '.join(MODES)}, not {settings['mode']!r}.")
+    settings = {"steps": section.get("steps", 0) or 0, "lr": section.get("lr", 1e-3),
+                "val_batches": section.get("val_batches", 8), "log_every": section.get("log_every", 200)}
     for key in ("steps", "val_batches", "log_every"):
         value = settings[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "steps" else 1):
@@ -61,18 +53,18 @@ def fit_settings(cfg: DictConfig) -> dict | None:
     return settings
 
 
-def check_aligned(aligned_letters: bool) -> None:
+def check_aligned(has_letters: bool) -> None:
     """The stage needs a duration head: a model with aligned letters."""
-    if not aligned_letters:
-        raise UserError("duration_fit trains the duration head of a model with aligned letters "
-                        "(model.aligned_letters=true); this model has none: set duration_fit.steps=0.")
+    if not has_letters:
+        raise UserError("duration_fit trains a width head from the duration head of a model with aligned letters "
+                        "(model.letters.enabled=true); this model has none: set duration_fit.steps=0.")
 
 
-def duration_losses(model: Imuru, latents: LatentEncoder, batch: LineBatch, sample: bool,
-                    planner: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """The duration head's losses on one batch: style columns from the frozen VAE, letter states from the
-    frozen encoder, each target letter's columns from the batch's letter starts (real lines: spread
-    evenly). `planner`: the width head's instead of the model's own."""
+def duration_loss(model: Imuru, latents: LatentEncoder, batch: LineBatch, sample: bool,
+                  planner: DurationPlanner | None = None) -> torch.Tensor:
+    """The duration loss on one batch: style columns from the frozen VAE, letter states from the frozen
+    encoder, each target letter's columns from the batch's letter starts (real lines: spread evenly).
+    `planner`: the width head's instead of the model's own."""
     device = model.latent_mean.device
     batch = batch.to(device)
     style, style_mask = latents.style(batch.style, batch.style_widths, batch.style_keys, sample)
@@ -81,21 +73,15 @@ def duration_losses(model: Imuru, latents: LatentEncoder, batch: LineBatch, samp
     text_ids, text_mask = (t.to(device) for t in encode_texts(batch.texts))
     with torch.no_grad():
         encoded = model.encode_text(text_ids, text_mask)
-    style_letters = (torch.tensor([len(text) for text in batch.style_texts], device=device)
-                     if model.letter_count_weight > 0 else None)
-    return model.duration_losses(encoded, text_ids, letter_index, counts, style, style_mask, style_letters,
-                                 planner)
-
-
-def _total(model: Imuru, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-    return losses["duration"] + model.letter_count_weight * losses.get("letter_count", 0.0)
+    return model.letters.duration_loss(encoded, text_ids, letter_index, counts, model.normalise(style),
+                                       style_mask, planner)
 
 
 @torch.no_grad()
 def validation_loss(model: Imuru, latents: LatentEncoder, loader, batches: int,
-                    planner: nn.Module | None = None) -> float:
+                    planner: DurationPlanner | None = None) -> float:
     """Mean duration loss over the first `batches` validation batches (posterior means, no sampling)."""
-    values = [float(duration_losses(model, latents, batch, sample=False, planner=planner)["duration"])
+    values = [float(duration_loss(model, latents, batch, sample=False, planner=planner))
               for _, batch in zip(range(batches), loader)]
     return sum(values) / max(1, len(values))
 
@@ -106,15 +92,14 @@ def _forever(datamodule) -> Iterator[LineBatch]:
 
 
 def fit_durations(model: Imuru, vae: LineVAE, datamodule, settings: dict) -> dict[str, float]:
-    """Train `model`'s duration modules (`mode` resample: a width head copied from them) for
+    """Train a width head copied from `model`'s duration planner for
     `settings['steps']` AdamW steps (constant rate, no weight decay) on `datamodule`'s training lines, in eval
     mode (no dropout), the rest frozen, each style line's latents encoded once and sampled at every use;
     returns the validation duration loss before and after, and the minutes."""
-    check_aligned(model.aligned_letters)
+    check_aligned(model.letters is not None)
     started = time.time()
-    resample = settings.get("mode", "replace") == "resample"
-    planner = model.add_width_head() if resample else None
-    trained = [p for module in model.duration_modules(planner) for p in module.parameters()]
+    planner = model.letters.add_width_head()
+    trained = list(planner.parameters())
     flags = [p.requires_grad for p in model.parameters()]
     was_training, fitted = model.training, False
     model.eval().requires_grad_(False)
@@ -125,18 +110,14 @@ def fit_durations(model: Imuru, vae: LineVAE, datamodule, settings: dict) -> dic
     val_loader = datamodule.val_dataloader()
     before = validation_loss(model, latents, val_loader, settings["val_batches"], planner)
     log.info("duration_fit: %d steps on %d parameters (%s); validation duration loss %.4f before.",
-             settings["steps"], sum(p.numel() for p in trained),
-             "a width head" if resample else "the duration head", before)
+             settings["steps"], sum(p.numel() for p in trained), "a width head", before)
     optimizer = torch.optim.AdamW(trained, lr=float(settings["lr"]), weight_decay=0.0)
-    start = [p.detach().clone() for p in trained]
     try:
         for step, batch in zip(range(1, settings["steps"] + 1), _forever(datamodule)):
-            loss = _total(model, duration_losses(model, latents, batch, sample=True, planner=planner))
+            loss = duration_loss(model, latents, batch, sample=True, planner=planner)
             if not torch.isfinite(loss):
-                with torch.no_grad():
-                    torch._foreach_copy_(trained, start)  # the head as training left it
-                raise UserError(f"duration_fit: the duration loss was non-finite at step {step} (the "
-                                "duration head is kept as training left it); lower duration_fit.lr.")
+                raise UserError(f"duration_fit: the duration loss was non-finite at step {step} (no width head "
+                                "is kept; lines keep the trained plan's widths); lower duration_fit.lr.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -148,9 +129,8 @@ def fit_durations(model: Imuru, vae: LineVAE, datamodule, settings: dict) -> dic
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
         model.train(was_training)
-        if resample and not fitted:  # no half-fitted width head: lines keep the trained plan's widths
-            del model.width_planner
-            model.width_head = False
+        if not fitted:  # no half-fitted width head: lines keep the trained plan's widths
+            model.letters.drop_width_head()
     minutes = (time.time() - started) / 60
     log.info("duration_fit: validation duration loss %.4f after %d steps (%.1f min).", after,
              settings["steps"], minutes)

@@ -11,6 +11,17 @@ hand (`Imuru.width_scale`); off by default, as the protocol gives the model no t
 `heldout.style_reader=<reader dir>` gets those texts without a transcription: a line reader (a VAE stage's
 `vae_reader/`, trained on the training writers only) reads each style line, and the plan is fitted to what
 it reads; the report keeps the reader's CER on the style lines.
+
+`python run.py task=heldout run_dir=<run> out=<dir> [key=value ...]` (`run`) writes and scores a finished
+run's held-out lines again, with the run's own config (`<run>/.hydra/config.yaml`) and exported model
+(`<run>/model`, or `model_dir=<dir>`); every other key given on the command line changes the run's config
+(e.g. `heldout.style_text_widths=true`, `heldout.num_lines=128`). `checkpoint=<ckpt>` with
+`weights=trained|average` scores a training checkpoint's weights instead: with `optim.ema_decay` on, a
+checkpoint holds both the trained weights and their moving average, so the two are scored on the same step of
+the same run. With `duration_fit.steps=N` the width head is fitted again first, as at the end of training, and
+the refitted model is saved to `<out>/model` (without it nothing is fitted, whatever the run's config says: a
+run's own fit is in its exported model). `<out>/heldout/` gets the lines, the grid and `evaluation.json`,
+`<out>/heldout_figures.json` the headline figures.
 """
 
 from __future__ import annotations
@@ -18,11 +29,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
-from hydra.utils import to_absolute_path
-from omegaconf import DictConfig
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
 
+from imuru_pl.callbacks.checkpoint import read_checkpoint
 from imuru_pl.console import progress
 from imuru_pl.data.batch import collate_lines, spread_samples
 from imuru_pl.data.image import tensor_to_image
@@ -35,11 +48,20 @@ from imuru_pl.metrics.items import Item
 from imuru_pl.metrics.report import save_report
 from imuru_pl.models.reader import LineReader
 from imuru_pl.pipeline import ImuruPipeline, write_lines_detailed
+from imuru_pl.tasks.duration_fit import refit_durations
 from imuru_pl.visual import rows_grid
 
 log = logging.getLogger(__name__)
 
 HELDOUT_SUBDIR = "heldout"
+FIGURES_FILE = "heldout_figures.json"
+EXPORT_SUBDIR = "model"
+RUN_CONFIG = Path(".hydra") / "config.yaml"
+WEIGHTS = ("trained", "average")
+# Keys of task=heldout itself: everything else given on the command line changes the run's config.
+TASK_KEYS = ("task", "task_name", "run_dir", "out", "model_dir", "checkpoint", "weights", "device",
+             "print_config")
+_MISSING = object()
 
 
 def wrong_writer_line(datamodule, sample: dict, writers: list[str]) -> torch.Tensor | None:
@@ -130,3 +152,102 @@ def style_reader(directory, with_style_text: bool) -> LineReader | None:
 def _headline(report: dict) -> dict:
     keys = ("hwd", "fid", "cer_fake", "cer_real", "delta_cer", "stop_rate", "width_error", "width_within_15")
     return {k: round(report[k], 4) for k in keys if isinstance(report.get(k), (int, float))}
+
+
+# --- task=heldout: a finished run's held-out lines again ----------------------------------------------------
+def command_line_keys() -> list[str]:
+    """The config keys given on the command line of this run (Hydra's task overrides), in order."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return []
+    overrides = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    keys = []
+    for override in overrides:
+        key = override.key_or_group
+        if override.is_delete():
+            raise UserError(f"task=heldout changes keys of the run's config but deletes none; drop ~{key}.")
+        if key.split(".")[0] not in TASK_KEYS and not key.startswith("hydra."):
+            keys.append(key)
+    return keys
+
+
+def run_overrides(cfg: DictConfig, keys: list[str]) -> dict[str, Any]:
+    """{key: the value Hydra composed for it} for the keys given on the command line."""
+    values = {}
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+        if value is _MISSING:
+            raise UserError(f"{key}= names no key of the config; task=heldout can only change keys of the "
+                            "run's own config.")
+        values[key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return values
+
+
+def run_config(run_dir: Path, out: Path, overrides: dict[str, Any]) -> DictConfig:
+    """The run's config with `overrides` applied, writing into `out`, fitting nothing unless asked."""
+    path = run_dir / RUN_CONFIG
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no {RUN_CONFIG.as_posix()}: give run_dir= a run directory written "
+                        "by run.py.")
+    cfg = OmegaConf.load(path)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+    OmegaConf.update(cfg, "paths.output_dir", str(out), force_add=True)  # the run's named Hydra's runtime
+    if "duration_fit" in cfg and "duration_fit.steps" not in overrides:
+        cfg.duration_fit.steps = 0  # the run's own fit is in its exported model already
+    return cfg
+
+
+def load_checkpoint_weights(pipeline: ImuruPipeline, path: Path, weights: str) -> None:
+    """The checkpoint's `model.*` (trained) or `ema_model.*` (average) weights into the pipeline's model."""
+    state = read_checkpoint(path)["state_dict"]
+    prefix = "ema_model." if weights == "average" else "model."
+    chosen = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    if not chosen:
+        raise UserError(f"{path} holds no moving average of the weights (trained with optim.ema_decay=0); "
+                        "use weights=trained.")
+    letters = pipeline.model.letters
+    if letters is not None and letters.width_planner is not None and not any(
+            key.startswith("letters.width_planner.") for key in chosen):
+        letters.drop_width_head()  # fitted after training (duration_fit), so never part of a checkpoint
+        log.info("The exported model's width head was fitted after training and is not in %s: the lines keep "
+                 "the checkpoint's own widths (duration_fit.steps=N fits a width head for its weights).", path)
+    try:
+        pipeline.model.load_state_dict(chosen)
+    except RuntimeError as err:
+        raise UserError(f"{path} does not fit the run's model ({str(err).splitlines()[0]}).") from None
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Write and score `run_dir`'s held-out lines again into `out` (the module docstring has the keys)."""
+    if not cfg.get("run_dir"):
+        raise UserError("task=heldout needs run_dir=<a finished training run> (with .hydra/config.yaml and "
+                        "model/).")
+    run_dir = Path(to_absolute_path(str(cfg.run_dir)))
+    out = Path(to_absolute_path(str(cfg.out))) if cfg.get("out") else Path(cfg.paths.output_dir)
+    if out.resolve() == run_dir.resolve():
+        raise UserError("out= names the run itself; give another directory so the run's own lines stay.")
+    weights = str(cfg.get("weights") or "average")
+    if weights not in WEIGHTS:
+        raise UserError(f"weights is trained or average, not {weights!r}.")
+    keys = command_line_keys()
+    run_cfg = run_config(run_dir, out, run_overrides(cfg, keys))
+    model_dir = (Path(to_absolute_path(str(cfg.model_dir))) if cfg.get("model_dir")
+                 else run_dir / EXPORT_SUBDIR)
+    pipeline = ImuruPipeline.from_pretrained(model_dir, device=cfg.get("device") or "cpu")
+    if cfg.get("checkpoint"):
+        load_checkpoint_weights(pipeline, Path(to_absolute_path(str(cfg.checkpoint))), weights)
+    refit = refit_durations(run_cfg, pipeline.model, pipeline.vae)
+    if refit is not None:
+        pipeline.save_pretrained(out / EXPORT_SUBDIR)
+        log.info("Saved the refitted model to %s", out / EXPORT_SUBDIR)
+    result = write_heldout_lines(run_cfg, pipeline, instantiate(run_cfg.data), out)
+    figures = {"run": str(run_dir), "model": str(model_dir), "overrides": keys,
+               **({"checkpoint": str(cfg.checkpoint), "weights": weights} if cfg.get("checkpoint") else {}),
+               **({"duration_fit": refit} if refit is not None else {}), **result.get("evaluation", {})}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / FIGURES_FILE).write_text(json.dumps(figures, indent=1) + "\n", "utf-8")
+    log.info("Held-out figures (%s): %s", out / FIGURES_FILE, json.dumps(figures))
+    return {**result, "figures": figures}

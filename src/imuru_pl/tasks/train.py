@@ -17,7 +17,6 @@ from imuru_pl.callbacks.tensorboard import log_final_metrics
 from imuru_pl.errors import UserError
 from imuru_pl.models.imuru import Imuru
 from imuru_pl.models.imuru_module import ImuruModule
-from imuru_pl.models.reader import LineReader
 from imuru_pl.models.reference_checkpoint import load_model_dir
 from imuru_pl.models.schedules import check_optim_config
 from imuru_pl.models.vae import LineVAE
@@ -25,7 +24,7 @@ from imuru_pl.pipeline import ImuruPipeline
 from imuru_pl.tasks.common import build_trainer, output_dir
 from imuru_pl.tasks.duration_fit import check_aligned, fit_settings, refit_durations
 from imuru_pl.tasks.heldout import style_reader, write_heldout_lines
-from imuru_pl.tasks.train_reader import check_reader_config, ensure_reader
+from imuru_pl.tasks.train_reader import check_reader_config
 from imuru_pl.tasks.train_vae import ensure_vae
 
 log = logging.getLogger(__name__)
@@ -33,14 +32,11 @@ log = logging.getLogger(__name__)
 EXPORT_SUBDIR = "model"
 
 
-def build_module(cfg: DictConfig, vae: LineVAE, model: Imuru | None = None,
-                 reader: LineReader | None = None) -> ImuruModule:
+def build_module(cfg: DictConfig, vae: LineVAE, model: Imuru | None = None) -> ImuruModule:
     model = model if model is not None else instantiate(cfg.model, _convert_="all")
     model.use_vae_stats(vae)  # latent normalisation, padding latent and stop threshold
-    reading = dict(reader=reader, reader_weight=float(cfg.reader.weight), reader_lines=int(cfg.reader.lines),
-                   reader_start_step=int(cfg.reader.start_step)) if reader is not None else {}
     return ImuruModule(model, vae, OmegaConf.to_container(cfg.optim, resolve=True),
-                       latent_cache=bool(cfg.data.get("latent_cache", False)), **reading)
+                       latent_cache=bool(cfg.data.get("latent_cache", False)))
 
 
 def best_weights(trainer: L.Trainer, module: ImuruModule) -> None:
@@ -81,7 +77,7 @@ def run(cfg: DictConfig) -> dict:
     init = init_dir(cfg)
     model = None
     if refit and init is None:  # before the VAE stage, not after it
-        check_aligned(bool(cfg.model.get("aligned_letters", False)))
+        check_aligned(bool((cfg.model.get("letters") or {}).get("enabled", False)))
     if init is None:
         vae_dir = ensure_vae(cfg, out)
         vae = LineVAE.from_pretrained(vae_dir)
@@ -90,10 +86,9 @@ def run(cfg: DictConfig) -> dict:
         vae_dir, vae, model = init, pipeline.vae, pipeline.model.train()  # Lightning keeps the mode it finds
         log.info("Starting from %s: its Imuru weights and its VAE (cfg.model, cfg.vae unused).", init)
         if refit:
-            check_aligned(model.aligned_letters)
+            check_aligned(model.letters is not None)
     datamodule = instantiate(cfg.data)
-    reader = ensure_reader(cfg, out, vae, datamodule)  # None unless reader.weight > 0
-    module = build_module(cfg, vae, model, reader)
+    module = build_module(cfg, vae, model)
     trainer = build_trainer(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), module, trainer)  # a checked file, or a UserError
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
