@@ -20,6 +20,7 @@ The VAE is freshly initialised: its speed does not depend on its weights.
 
     OMP_NUM_THREADS=1 python benchmarks/data.py                        # demo settings, ~3 minutes
     OMP_NUM_THREADS=1 python benchmarks/data.py --workers 0 1       # and one loader worker, ~5 minutes
+    OMP_NUM_THREADS=1 python benchmarks/data.py --stream            # the streamed data (data_streams.py)
 
 Prints a table and ends with one JSON line holding every figure.
 """
@@ -186,8 +187,18 @@ def main() -> None:
     parser.add_argument("--lines-per-writer", type=int, default=None,
                         help="training lines per writer (default: the demo's)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--stream", action="store_true",
+                        help="measure the streamed data of experiment=imuru_small instead (data_streams.py)")
+    parser.add_argument("--render-pairs", type=int, default=200, help="--stream: pairs rendered in this process")
+    parser.add_argument("--loader-workers", type=int, nargs="+", default=[0, 2], help="--stream: workers counts")
+    parser.add_argument("--loader-batches", type=int, default=20, help="--stream: timed batches per loader")
+    parser.add_argument("--shards", type=int, default=8, help="--stream: shards written")
+    parser.add_argument("--per-shard", type=int, default=50, help="--stream: pairs per shard")
+    parser.add_argument("--shard-processes", type=int, default=2, help="--stream: shard writing processes")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. data.batch_size=16")
     args = parser.parse_args()
+    if args.stream:
+        return stream_main(args)
     set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
@@ -257,6 +268,18 @@ def main() -> None:
                       "overrides": overrides, "setup": setup, "compose": compose,
                       "compose_vae_stage": compose_vae,
                       "wait": wait, "cold": cold, "worker_memory": worker_memory}))
+
+
+def stream_main(args) -> None:
+    import data_streams
+
+    set_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    with tempfile.TemporaryDirectory() as out:
+        cfg = compose_cfg(["experiment=imuru_small", "trainer=cpu", *args.overrides], out)
+    figures = data_streams.run(cfg, args)
+    print("\n".join(data_streams.report(figures)))
+    print(json.dumps({"device": "cpu", "threads": args.threads, "overrides": args.overrides, **figures}))
 
 
 if __name__ == "__main__":

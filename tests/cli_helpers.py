@@ -42,6 +42,10 @@ TINY_TRAIN = [
     "model.t5.num_decoder_layers=1",
 ]
 
+# The streamed synthetic writers, small: what tests render into shards (SHARDS = shards x samples each).
+STREAM = ["data=synthetic_stream", "data.lines_per_writer={train:2,val:2,test:2}", "data.max_width=512"]
+SHARDS = (4, 6)
+
 
 def env(**extra: str) -> dict[str, str]:
     """The test environment for a child process: one thread, offline, the repository as project root."""

@@ -14,7 +14,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from cli_helpers import TINY_TRAIN, run_cli  # noqa: E402
+from cli_helpers import SHARDS, STREAM, TINY_TRAIN, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +28,14 @@ def tiny_run(tmp_path_factory) -> Path:
                      "+duration_fit.data.writers_per_font=4", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> Path:
+    """WebDataset shards written by `task=render_shards` from the small stream: SHARDS[0] shards of
+    SHARDS[1] samples (`shard-000000.tar`, ...) and their manifest."""
+    out = tmp_path_factory.mktemp("shards") / "set"
+    result = run_cli("task=render_shards", *STREAM, f"out={out}", f"shards.samples={SHARDS[0] * SHARDS[1]}",
+                     f"shards.per_shard={SHARDS[1]}", "shards.processes=2", f"hydra.run.dir={out.parent / 'run'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out

@@ -88,6 +88,7 @@ class LegibilityCurve(L.Callback):
     # -- the measurement -------------------------------------------------------------------------------
     def _active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         return (self.enabled and trainer.is_global_zero and not trainer.sanity_checking
+                and not trainer.fast_dev_run  # a fast dev run checks the loop, not legibility
                 and hasattr(pl_module, "eval_model") and hasattr(pl_module, "vae"))
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float] | None:

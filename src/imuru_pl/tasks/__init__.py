@@ -19,6 +19,7 @@ TASKS = {
     "evaluate": "imuru_pl.tasks.evaluate",
     "heldout": "imuru_pl.tasks.heldout",
     "vae_cer": "imuru_pl.tasks.vae_cer",
+    "render_shards": "imuru_pl.tasks.render_shards",
 }
 TRAINING_TASKS = ("train", "train_vae")
 # Strategies whose launcher re-runs the command line in new processes: inside a sweep each child would

@@ -32,11 +32,13 @@ log = logging.getLogger(__name__)
 EXPORT_SUBDIR = "model"
 
 
-def build_module(cfg: DictConfig, vae: LineVAE, model: Imuru | None = None) -> ImuruModule:
+def build_module(cfg: DictConfig, vae: LineVAE, model: Imuru | None = None, datamodule=None) -> ImuruModule:
+    """The LightningModule; the latent cache is on when the data module keeps it on (fixed lines only)."""
     model = model if model is not None else instantiate(cfg.model, _convert_="all")
     model.use_vae_stats(vae)  # latent normalisation, padding latent and stop threshold
-    return ImuruModule(model, vae, OmegaConf.to_container(cfg.optim, resolve=True),
-                       latent_cache=bool(cfg.data.get("latent_cache", False)))
+    cache = getattr(datamodule, "latent_cache", None) if datamodule is not None else None
+    cache = bool(cfg.data.get("latent_cache", False)) if cache is None else bool(cache)
+    return ImuruModule(model, vae, OmegaConf.to_container(cfg.optim, resolve=True), latent_cache=cache)
 
 
 def best_weights(trainer: L.Trainer, module: ImuruModule) -> None:
@@ -78,6 +80,7 @@ def run(cfg: DictConfig) -> dict:
     model = None
     if refit and init is None:  # before the VAE stage, not after it
         check_aligned(bool((cfg.model.get("letters") or {}).get("enabled", False)))
+    datamodule = instantiate(cfg.data)  # its paths and shard patterns are checked now, not after the VAE stage
     if init is None:
         vae_dir = ensure_vae(cfg, out)
         vae = LineVAE.from_pretrained(vae_dir)
@@ -87,8 +90,7 @@ def run(cfg: DictConfig) -> dict:
         log.info("Starting from %s: its Imuru weights and its VAE (cfg.model, cfg.vae unused).", init)
         if refit:
             check_aligned(model.letters is not None)
-    datamodule = instantiate(cfg.data)
-    module = build_module(cfg, vae, model)
+    module = build_module(cfg, vae, model, datamodule)
     trainer = build_trainer(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), module, trainer)  # a checked file, or a UserError
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
