@@ -130,9 +130,7 @@ class SampleReader:
         except Exception as err:  # noqa: BLE001 - a bad sample is skipped, whatever is wrong with it
             self.counts.add("corrupt_sample", f"{name} ({type(err).__name__}: {str(err)[:120]})")
             return None
-        if self.pairing == "same_line" and keys[0] == STYLE_KEY:
-            gen_text = style_text
-        text = gen_text if self.pairing == "other_line" else gen_text
+        text = style_text if self.pairing == "same_line" and keys[0] == STYLE_KEY else gen_text  # the line drawn
         base = f"wds:{name}"
         return LineSample(style=style, target=target, text=text, writer=writer,
                           style_text=style_text if self.pairing == "other_line" else text,
