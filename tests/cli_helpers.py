@@ -47,6 +47,26 @@ STREAM = ["data=synthetic_stream", "data.lines_per_writer={train:2,val:2,test:2}
 SHARDS = (4, 6)
 
 
+def corrupt_shard_copies(shards: Path, folder: Path) -> list[str]:
+    """Two damaged copies of `task=render_shards` output: shard 0 with sample 1's target image replaced by
+    bytes that are no PNG (`<folder>/bad-000000.tar`), and shard 1 cut short (`<folder>/bad-000001.tar`)."""
+    import io
+    import tarfile
+
+    folder.mkdir(parents=True)
+    bad = folder / "bad-000000.tar"
+    with tarfile.open(shards / "shard-000000.tar") as src, tarfile.open(bad, "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            data = b"not a png" if member.name == "000000000001.gen.bw.png" else data
+            info = tarfile.TarInfo(member.name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    cut = folder / "bad-000001.tar"
+    cut.write_bytes((shards / "shard-000001.tar").read_bytes()[:20000])
+    return [str(bad), str(cut)]
+
+
 def env(**extra: str) -> dict[str, str]:
     """The test environment for a child process: one thread, offline, the repository as project root."""
     return {

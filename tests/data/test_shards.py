@@ -5,7 +5,6 @@ skipped and counted."""
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from cli_helpers import REPO, SHARDS, STREAM, run_cli
+from cli_helpers import REPO, SHARDS, STREAM, corrupt_shard_copies, run_cli
 from imuru_pl.data.shards import ShardDataModule, expand_patterns, shard_sample_key
 from imuru_pl.errors import UserError
 
@@ -80,18 +79,7 @@ def test_the_reference_loader_calls_read_the_shards(shards):
 
 
 def test_a_corrupt_sample_and_a_truncated_shard_are_skipped_and_counted(shards, tmp_path):
-    bad = tmp_path / "bad-000000.tar"
-    with tarfile.open(shards / "shard-000000.tar") as src, tarfile.open(bad, "w") as dst:
-        for member in src.getmembers():
-            data = src.extractfile(member).read()
-            if member.name == "000000000001.gen.bw.png":
-                data = b"not a png"
-            info = tarfile.TarInfo(member.name)
-            info.size = len(data)
-            dst.addfile(info, io.BytesIO(data))
-    truncated = tmp_path / "bad-000001.tar"
-    truncated.write_bytes((shards / "shard-000001.tar").read_bytes()[:5000])
-    datamodule = module(shards, urls=[str(bad), str(truncated)], samples_per_epoch=8)
+    datamodule = module(shards, urls=corrupt_shard_copies(shards, tmp_path / "bad"), samples_per_epoch=8)
     keys = [k for batch in datamodule.train_dataloader() for k in batch.target_keys]
     assert len(keys) == 8 and not any(":000000000001/" in k for k in keys)
     counts = datamodule.skip_counts()

@@ -4,10 +4,7 @@ trainer=cpu debug=fdr` completes on the synthetic stream and on shards."""
 
 from __future__ import annotations
 
-import io
-import tarfile
-from pathlib import Path
-
+from cli_helpers import corrupt_shard_copies
 from reliability_helpers import TINY, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -15,24 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 MODEL_AND_TRAINER = [o for o in TINY if not o.startswith("data.")]
 
 
-def corrupt_copy(shards: Path, folder: Path) -> list[str]:
-    """shard 0 with one sample's target image replaced by bytes that are no PNG, and shard 1 cut short."""
-    folder.mkdir()
-    bad = folder / "bad-000000.tar"
-    with tarfile.open(shards / "shard-000000.tar") as src, tarfile.open(bad, "w") as dst:
-        for member in src.getmembers():
-            data = src.extractfile(member).read()
-            data = b"not a png" if member.name == "000000000001.gen.bw.png" else data
-            info = tarfile.TarInfo(member.name)
-            info.size = len(data)
-            dst.addfile(info, io.BytesIO(data))
-    cut = folder / "bad-000001.tar"
-    cut.write_bytes((shards / "shard-000001.tar").read_bytes()[:20000])
-    return [str(bad), str(cut), str(shards / "shard-000002.tar")]
-
-
 def test_training_on_shards_skips_a_corrupt_sample_and_a_truncated_shard_and_counts_them(shards, tmp_path):
-    urls = corrupt_copy(shards, tmp_path / "bad")
+    urls = [*corrupt_shard_copies(shards, tmp_path / "bad"), str(shards / "shard-000002.tar")]
     run_dir = tmp_path / "run"
     result = run_cli(*MODEL_AND_TRAINER, "data=webdataset", f"data.urls=[{','.join(urls)}]",
                      f"data.val_urls={shards / 'shard-000003.tar'}", "data.batch_size=4", "data.val_samples=4",

@@ -229,6 +229,21 @@ class SplitPlan:
     )
 
 
+def check_line_settings(pairing: str, background: str, max_width: int | None, **counts: int) -> None:
+    """The settings every module of image lines checks: pairing, background, max_width, and counts that
+    must be at least 1 (`*batch_size`, `*samples*`) or 0 or more (the rest: workers, shuffle sizes)."""
+    if pairing not in PAIRINGS:
+        raise UserError(f"data.pairing must be one of {', '.join(PAIRINGS)}; got {pairing!r}.")
+    if background not in BACKGROUNDS:
+        raise UserError(f"data.background must be one of {', '.join(BACKGROUNDS)}; got {background!r}.")
+    if max_width is not None and int(max_width) < 16:
+        raise UserError(f"data.max_width must be at least 16 px (or null); got {max_width}.")
+    for name, value in counts.items():
+        least = 1 if name.endswith("batch_size") or "samples" in name else 0
+        if int(value) < least:
+            raise UserError(f"data.{name} must be {'at least 1' if least else '0 or more'}; got {value}.")
+
+
 class RealLineDataModule(L.LightningDataModule):
     """Shared loaders, splits and pairing of real line datasets; subclasses read an index and plan splits."""
 
@@ -255,17 +270,8 @@ class RealLineDataModule(L.LightningDataModule):
         self.root = Path(str(root)).expanduser()
         if not self.root.is_dir():
             raise UserError(f"data.root={root} is not a folder.")
-        if pairing not in PAIRINGS:
-            raise UserError(f"data.pairing must be one of {', '.join(PAIRINGS)}; got {pairing!r}.")
-        if background not in BACKGROUNDS:
-            raise UserError(f"data.background must be one of {', '.join(BACKGROUNDS)}; got {background!r}.")
-        if max_width is not None and int(max_width) < 16:
-            raise UserError(f"data.max_width must be at least 16 px (or null); got {max_width}.")
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if int(value) < 1:
-                raise UserError(f"data.{name} must be at least 1; got {value}.")
-        if int(num_workers) < 0:
-            raise UserError(f"data.num_workers must be 0 or more; got {num_workers}.")
+        check_line_settings(pairing, background, max_width, batch_size=batch_size,
+                            eval_batch_size=eval_batch_size, num_workers=num_workers)
         self.seed, self.pairing, self.background = int(seed), pairing, background
         self.max_width = None if max_width is None else int(max_width)
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)

@@ -38,10 +38,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from imuru_pl.data.batch import LineSample, collate_lines, line_loader
-from imuru_pl.data.streaming import SkipCounts, fixed_lines_only, worker_start
+from imuru_pl.data.streaming import SkipCounts, fixed_lines_only, rank_and_world, worker_start
 from imuru_pl.data.image import load_line
-from imuru_pl.data.pairs import PAIRINGS
-from imuru_pl.data.real import BACKGROUNDS, RealWriter, normalize_text
+from imuru_pl.data.real import RealWriter, check_line_settings, normalize_text
 from imuru_pl.data.synthetic import SPLITS
 from imuru_pl.errors import UserError
 
@@ -233,10 +232,6 @@ class StoredSamples(Dataset):
             raise UserError(f"Stored sample {i} can no longer be read.")
         return item
 
-    @property
-    def texts(self) -> list[str]:
-        return [json.loads(r["json"])["gen_text"] for r in self.raws]
-
 
 class ShardDataModule(L.LightningDataModule):
     def __init__(
@@ -261,21 +256,10 @@ class ShardDataModule(L.LightningDataModule):
         bucket_batches: int = 0,
     ):
         super().__init__()
-        if pairing not in PAIRINGS:
-            raise UserError(f"data.pairing must be one of {', '.join(PAIRINGS)}; got {pairing!r}.")
-        if background not in BACKGROUNDS:
-            raise UserError(f"data.background must be one of {', '.join(BACKGROUNDS)}; got {background!r}.")
-        if max_width is not None and int(max_width) < 16:
-            raise UserError(f"data.max_width must be at least 16 px (or null); got {max_width}.")
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
-                            ("samples_per_epoch", samples_per_epoch), ("val_samples", val_samples),
-                            ("test_samples", test_samples)):
-            if int(value) < 1:
-                raise UserError(f"data.{name} must be at least 1; got {value}.")
-        for name, value in (("num_workers", num_workers), ("shard_shuffle", shard_shuffle),
-                            ("sample_shuffle", sample_shuffle)):
-            if int(value) < 0:
-                raise UserError(f"data.{name} must be 0 or more; got {value}.")
+        check_line_settings(pairing, background, max_width, batch_size=batch_size,
+                            eval_batch_size=eval_batch_size, samples_per_epoch=samples_per_epoch,
+                            val_samples=val_samples, test_samples=test_samples, num_workers=num_workers,
+                            shard_shuffle=shard_shuffle, sample_shuffle=sample_shuffle)
         # every pattern is checked now, before any training starts
         self.urls = {"train": expand_patterns(urls, "data.urls"),
                      "val": expand_patterns(val_urls, "data.val_urls")}
@@ -311,16 +295,8 @@ class ShardDataModule(L.LightningDataModule):
             self._stored[split] = StoredSamples(raws, reader)
         return self._stored[split]
 
-    def _rank_and_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is not None:
-            return int(trainer.global_rank), int(trainer.world_size)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
     def train_stream(self) -> ShardStream:
-        rank, world = self._rank_and_world()
+        rank, world = rank_and_world(self.trainer)
         if len(self.urls["train"]) < world:
             raise UserError(f"data.urls names {len(self.urls['train'])} shard(s) for {world} processes: give at "
                             "least one training shard per process.")

@@ -31,10 +31,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from imuru_pl.data.batch import LineSample, collate_lines
-from imuru_pl.data.datamodule import LineDataModule
+from imuru_pl.data.datamodule import STAGE_SPLITS, LineDataModule
 from imuru_pl.data.fonts import font_files
+from imuru_pl.data.store import cached_split
 from imuru_pl.data.stream_renderer import SKIP_REASONS, StreamRenderer, sample_index
-from imuru_pl.data.streaming import SkipCounts, fixed_lines_only, worker_start
+from imuru_pl.data.streaming import SkipCounts, fixed_lines_only, rank_and_world, worker_start
 from imuru_pl.data.synthetic import SPLITS
 from imuru_pl.errors import UserError
 
@@ -252,9 +253,6 @@ class StreamDataModule(LineDataModule):
 
     # --- splits -------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        from imuru_pl.data.datamodule import STAGE_SPLITS
-        from imuru_pl.data.store import cached_split
-
         for split in STAGE_SPLITS.get(stage, SPLITS):
             if split == "train":
                 self.train_dataset = self.dataset("train")
@@ -265,8 +263,6 @@ class StreamDataModule(LineDataModule):
 
     def prepare_data(self) -> None:
         if self.cache_dir is not None:
-            from imuru_pl.data.store import cached_split
-
             for split in ("val", "test"):
                 cached_split(self.data, split, self.lines_per_writer[split], self.cache_dir)
 
@@ -275,16 +271,8 @@ class StreamDataModule(LineDataModule):
             return StreamView(self.renderer, self.samples_per_epoch, self.pairing)
         return super().dataset(split)
 
-    def _rank_and_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is not None:
-            return int(trainer.global_rank), int(trainer.world_size)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
     def train_dataloader(self) -> DataLoader:
-        rank, world = self._rank_and_world()
+        rank, world = rank_and_world(self.trainer)
         if self.counts is None or self.counts.table.shape[0] != self.num_workers + 1:
             self.counts = SkipCounts(SKIP_REASONS, self.num_workers)
         dataset = SyntheticStream(self.renderer, self.batch_size, self.samples_per_epoch, rank, world,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +33,35 @@ TOO_WIDE = ("drop", "shorten")
 
 @dataclass
 class StreamPair:
-    """One rendered stream sample as uint8 images (what shards store) plus its texts and ids."""
+    """One rendered stream sample: its ink masks, texts and ids; the images (uint8, what shards store) are
+    composed on first use, so a loader composes only those its pairing reads."""
 
     index: int
     writer: str
     font: str
     style_text: str
     text: str
-    style_rgb: np.ndarray  # (64, w, 3) the style line on the writer's paper
-    style_gray: np.ndarray  # (64, w) the same line clean on white
-    target_gray: np.ndarray  # (64, w') the target line clean on white
-    target_rgb: np.ndarray  # (64, w', 3) the target line on the writer's paper
+    hand: WriterStyle
+    style_mask: np.ndarray  # (64, w) ink coverage of the style line
+    target_mask: np.ndarray  # (64, w') ink coverage of the target line
     target_starts: np.ndarray
     style_key: str
     target_key: str
+
+    @cached_property
+    def style_rgb(self) -> np.ndarray:
+        """(64, w, 3) the style line on the writer's paper."""
+        return on_paper(self.style_mask, self.hand, np.random.default_rng(paper_seed(self.style_key)))
+
+    @cached_property
+    def target_gray(self) -> np.ndarray:
+        """(64, w') the target line clean on white."""
+        return clean(self.target_mask, self.hand)
+
+    @cached_property
+    def target_rgb(self) -> np.ndarray:
+        """(64, w', 3) the target line on the writer's paper (the VAE stage's same-line pairs)."""
+        return on_paper(self.target_mask, self.hand, np.random.default_rng(paper_seed(self.target_key)))
 
     def sample(self, pairing: str = "other_line") -> LineSample:
         if pairing == "same_line":  # the VAE stage: paper and clean render of the same (target) line
@@ -178,9 +194,6 @@ class StreamRenderer:
         writer = f"{family.name}-k{k}"
         base = f"stream-{self.fingerprint}/{writer}/{k:012d}"
         style_key, target_key = f"{base}s", f"{base}t"
-        return StreamPair(
-            index=int(k), writer=writer, font=family.name, style_text=style_text, text=target_text,
-            style_rgb=on_paper(style_mask, style, np.random.default_rng(paper_seed(style_key))),
-            style_gray=clean(style_mask, style), target_gray=clean(target_mask, style),
-            target_rgb=on_paper(target_mask, style, np.random.default_rng(paper_seed(target_key))),
-            target_starts=starts, style_key=style_key, target_key=target_key)
+        return StreamPair(index=int(k), writer=writer, font=family.name, style_text=style_text, text=target_text,
+                          hand=style, style_mask=style_mask, target_mask=target_mask, target_starts=starts,
+                          style_key=style_key, target_key=target_key)

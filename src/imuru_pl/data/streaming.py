@@ -68,3 +68,12 @@ def worker_start(world_size: int, workers: int) -> str | None:
     rank whose process-group threads hold a lock can hang before it starts (seen with gloo on CPU); there
     they start fresh (`spawn`: the dataset is pickled, each worker imports the project once per epoch)."""
     return "spawn" if world_size > 1 and workers > 0 else None
+
+
+def rank_and_world(trainer) -> tuple[int, int]:
+    """(rank, world size) of this process: the trainer's, else torch.distributed's, else (0, 1)."""
+    if trainer is not None:
+        return int(trainer.global_rank), int(trainer.world_size)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1

@@ -156,7 +156,7 @@ def run(cfg: DictConfig) -> dict:
     log.info("Rendering %d samples into %d shards in %s with %d processes.", plan["samples"], count, out,
              processes)
     started, done = time.time(), []
-    finished = {path: shard for path, shard in existing_shards(out, jobs).items()}
+    finished = existing_shards(out, jobs)
     if finished:
         log.info("Keeping %d shards an earlier run of the same settings finished.", len(finished))
     with ProcessPoolExecutor(max_workers=processes) as pool:
