@@ -87,7 +87,7 @@ def read_folder(root: str | os.PathLike) -> list[Item]:
         for d in root.iterdir()
         if d.is_dir() and not d.name.startswith(".")
         for p in d.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
     if not images:
         raise UserError(f"The evaluation folder {root} holds no images in <writer>/<image>.png sub-folders.")

@@ -69,3 +69,48 @@ def save_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", "utf-8")
     os.replace(tmp, path)
     return path
+
+
+# The columns of the Imuru report's tables (and the HWD protocol's), in its order, then the line geometry.
+BENCHMARK_COLUMNS = (
+    ("fid", "FID", "{:.4g}"),
+    ("bfid", "BFID", "{:.4g}"),
+    ("kid_x1e3", "KID x1e3", "{:.4g}"),
+    ("bkid_x1e3", "BKID x1e3", "{:.4g}"),
+    ("hwd", "HWD", "{:.4g}"),
+    ("cer_fake", "CER generated", "{:.4f}"),
+    ("cer_real", "CER real", "{:.4f}"),
+    ("delta_cer", "delta-CER", "{:+.4f}"),
+    ("stop_rate", "stop rate", "{:.3f}"),
+    ("width_error", "width error", "{:.3f}"),
+)
+
+
+def protocol_match(report: dict[str, Any]) -> dict[str, bool]:
+    """Which columns were measured with the published protocol's own models: HWD with the Font² VGG16,
+    FID/KID with Inception, CER with TrOCR. Any False makes that column a relative number only."""
+    return {"hwd": not str(report.get("backbone", "")).startswith("random"),
+            "fid": str(report.get("fid_features", "")).lower().startswith("inception"),
+            "cer": str(report.get("ocr", "")).lower().startswith("trocr")}
+
+
+def benchmark_table(report: dict[str, Any]) -> str:
+    """A Markdown table row in the report's columns, with the models that produced each column beneath."""
+    head = "| " + " | ".join(label for _, label, _ in BENCHMARK_COLUMNS) + " |"
+    rule = "|" + " --- |" * len(BENCHMARK_COLUMNS)
+    cells = ["-" if report.get(k) is None else fmt.format(report[k]) for k, _, fmt in BENCHMARK_COLUMNS]
+    lines = [head, rule, "| " + " | ".join(cells) + " |", ""]
+    for key, label in NOTES:
+        if key in report:
+            lines.append(f"- {label}: {report[key]}")
+    protocol = report.get("protocol")
+    if protocol:
+        own = [name.upper() for name, same in protocol.items() if same]
+        other = [name.upper() for name, same in protocol.items() if not same]
+        lines.append(f"- published protocol's models: {', '.join(own) or 'none'}"
+                     + (f"; {', '.join(other)} relative only, not comparable with published tables" if other else ""))
+    if "written" in report:
+        skipped = ", ".join(f"{n} {k}" for k, n in report.get("skipped", {}).items()) or "none skipped"
+        lines.append(f"- samples: {report['written']} of {report['samples']} written ({skipped}); "
+                     f"{report.get('outside_charset', 0)} texts mapped into the charset")
+    return "\n".join(lines)

@@ -20,6 +20,8 @@ TASKS = {
     "heldout": "imuru_pl.tasks.heldout",
     "vae_cer": "imuru_pl.tasks.vae_cer",
     "render_shards": "imuru_pl.tasks.render_shards",
+    "benchmark": "imuru_pl.tasks.benchmark",
+    "synthetic_set": "imuru_pl.tasks.synthetic_set",
 }
 TRAINING_TASKS = ("train", "train_vae")
 # Strategies whose launcher re-runs the command line in new processes: inside a sweep each child would

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 _PATH_KEYS = ("hwd.backbone", "fid.inception_weights", "ocr.trocr_dir")
 
 
-def _metrics_config(cfg: DictConfig) -> DictConfig:
+def metrics_config(cfg: DictConfig) -> DictConfig:
     """The metrics node with user paths made absolute (relative to where the command was started)."""
     metrics = OmegaConf.create(OmegaConf.to_container(cfg.get("metrics") or {}, resolve=True))
     for key in _PATH_KEYS:
@@ -36,7 +36,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 f"task=evaluate needs {key}=<folder> (the HWD layout: <dir>/<writer>/<image>.png)."
             )
     fake, real = to_absolute_path(str(cfg.fake)), to_absolute_path(str(cfg.real))
-    report = evaluate_folders(fake, real, _metrics_config(cfg))
+    report = evaluate_folders(fake, real, metrics_config(cfg))
     target = (
         Path(to_absolute_path(str(cfg.report)))
         if cfg.get("report")
