@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
+from imuru_pl.bundled import resolve
 from imuru_pl.errors import UserError
 from imuru_pl.models.imuru import LATENT_CHANNELS, Imuru
 from imuru_pl.models.t5_stacks import T5_DEFAULTS
@@ -394,8 +395,8 @@ def load_model_dir(
     directory: str | os.PathLike, device: str | torch.device = "cpu", allow_emuru: bool = False
 ) -> ModelParts:
     """An exported imuru-pl model or a reference checkpoint, whichever the directory holds, as its model (in
-    eval mode) and its frozen VAE on `device`."""
-    directory = Path(directory)
+    eval mode) and its frozen VAE on `device`. A bundled name (`starter`) names the package's own model."""
+    directory = resolve(directory)
     if not directory.is_dir():
         raise UserError(f"Model directory not found: {directory}.")
     if is_reference_checkpoint(directory):  # a published Imuru checkpoint (Hugging Face layout)

@@ -23,6 +23,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
+from imuru_pl.bundled import NAMES as BUNDLED_NAMES, resolve
 from imuru_pl.data.batch import COLUMN_PX, LINE_HEIGHT, LineBatch, round_up
 from imuru_pl.errors import UserError
 
@@ -358,9 +359,9 @@ class LineVAE(nn.Module):
         """Load a saved line VAE from a local directory (or a hub id where a network exists).
 
         With `require_constants=False` an autoencoder without line_vae.json loads with no constants
-        (to measure them afterwards).
+        (to measure them afterwards). A bundled name (`line_vae`) names the package's own VAE.
         """
-        source = str(path_or_id)
+        source = str(resolve(path_or_id)) if str(path_or_id) in BUNDLED_NAMES else str(path_or_id)
         local = Path(source).expanduser()
         if local.exists() or _looks_like_path(source):
             if not local.is_dir():

@@ -22,6 +22,7 @@ TASKS = {
     "render_shards": "imuru_pl.tasks.render_shards",
     "benchmark": "imuru_pl.tasks.benchmark",
     "synthetic_set": "imuru_pl.tasks.synthetic_set",
+    "bundle": "imuru_pl.tasks.bundle",
 }
 TRAINING_TASKS = ("train", "train_vae")
 # Strategies whose launcher re-runs the command line in new processes: inside a sweep each child would

@@ -19,6 +19,7 @@ import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig
 
+from imuru_pl.bundled import is_bundled, resolve
 from imuru_pl.console import progress
 from imuru_pl.errors import UserError
 from imuru_pl.models.reader import LineReader
@@ -78,8 +79,10 @@ def read_style(style, reader_dir: str, style_text: str | None) -> str | None:
 
 
 def run(cfg: DictConfig) -> dict:
-    if not cfg.get("model_dir"):
-        raise UserError("Say which model to use: model_dir=<exported model directory>.")
+    model_dir = str(cfg.get("model_dir") or "starter")  # the bundled starter model when none is named
+    if not cfg.get("model_dir") and not is_bundled("starter"):
+        raise UserError("Say which model to use: model_dir=<exported model directory> (this install has no "
+                        "bundled starter model).")
     styles = [to_absolute_path(str(s)) for s in _as_list(cfg.get("style"))]
     if not styles:
         raise UserError("Give a style image: style=<image> (or a list: style='[a.png,b.png]').")
@@ -88,7 +91,8 @@ def run(cfg: DictConfig) -> dict:
         texts.append(read_text_file(to_absolute_path(str(cfg.text_file))))
     if not texts or not any(t.strip() for t in texts):
         raise UserError('Give a text to write: text="..." or text_file=<file> (the text is empty).')
-    pipeline = ImuruPipeline.from_pretrained(to_absolute_path(str(cfg.model_dir)), device=cfg.get("device", "cpu"))
+    pipeline = ImuruPipeline.from_pretrained(resolve(model_dir, to_absolute_path(model_dir)),
+                                             device=cfg.get("device", "cpu"))
     style = pipeline.load_styles(styles)  # validates every image before anything is written
     style_text = cfg.get("style_text")  # checked by the pipeline before the first line; pages are saved after all
     if cfg.get("style_reader"):

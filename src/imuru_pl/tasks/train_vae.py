@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from imuru_pl.bundled import resolve
 from imuru_pl.errors import UserError
 from imuru_pl.metrics.reconstruction import reconstruction_cer
 from imuru_pl.models.reader import LineReader
@@ -237,8 +238,10 @@ def ensure_vae(cfg: DictConfig, output_dir: Path) -> Path:
     pretrained = cfg.vae.get("pretrained")
     if pretrained:
         LineVAE.from_pretrained(pretrained)  # fail early, in one sentence, if it does not load
-        log.info("Using the pretrained line VAE %s", pretrained)
-        return Path(str(pretrained))
+        path = resolve(str(pretrained))  # a bundled name (line_vae) as the package folder it names
+        log.info("Using the pretrained line VAE %s", pretrained if path == Path(str(pretrained)) else
+                 f"{pretrained} ({path})")
+        return path
     directory = Path(output_dir) / VAE_SUBDIR
     if _complete(directory):
         LineVAE.from_pretrained(directory)
@@ -250,6 +253,10 @@ def ensure_vae(cfg: DictConfig, output_dir: Path) -> Path:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Task `train_vae`: train, measure and save a line VAE in `<output_dir>/vae`; return its figures."""
+    if cfg.vae.get("pretrained"):  # the demo's recipes name the bundled VAE for task=train; this task trains one
+        log.info("task=train_vae trains a line VAE: vae.pretrained=%s (what task=train uses) is left out.",
+                 cfg.vae.pretrained)
+        cfg.vae.pretrained = None
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)

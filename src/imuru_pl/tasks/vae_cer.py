@@ -18,6 +18,7 @@ from typing import Any
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
+from imuru_pl.bundled import resolve
 from imuru_pl.errors import UserError
 from imuru_pl.metrics.reconstruction import reconstruction_cer
 from imuru_pl.metrics.report import save_report
@@ -39,7 +40,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                         f"{lines!r}.")
     if split not in SPLITS:
         raise UserError(f"split is val or test (the held-out writers), not {split!r}.")
-    vae_dir = to_absolute_path(str(cfg.vae_dir))
+    vae_dir = str(resolve(str(cfg.vae_dir), to_absolute_path(str(cfg.vae_dir))))
     vae = LineVAE.from_pretrained(vae_dir).eval().to(cfg.get("device") or "cpu")
     datamodule = instantiate(cfg.data)
     datamodule.setup("test" if split == "test" else "validate")

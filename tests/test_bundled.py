@@ -1,0 +1,121 @@
+"""The artefacts shipped inside the package (imuru_pl/bundled/) load and work with their stored constants, and
+task=bundle puts one there with its recipe. These tests fail, not skip, when a bundled artefact is missing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cli_helpers import compose_cfg
+from imuru_pl.bundled import RECIPE, bundled_dir, is_bundled, resolve
+from imuru_pl.data.image import load_line, tensor_to_image
+from imuru_pl.errors import UserError
+from imuru_pl.metrics.ocr import RapidOcrBackend
+from imuru_pl.models.vae import LineVAE
+from imuru_pl.tasks import bundle
+
+TEXT = "Handwriting is hard to fake"
+
+
+def _line(render_font: str) -> torch.Tensor:
+    import importlib
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    files = sorted((importlib.import_module(f"fontpkg_{render_font}").ROOT / "files").glob("*.ttf"))
+    font = ImageFont.truetype(str(([f for f in files if "Regular" in f.name] or files)[0]), 48)
+    left, top, right, bottom = font.getbbox(TEXT)
+    image = Image.new("L", (right - left + 16, bottom - top + 16), 255)
+    ImageDraw.Draw(image).text((8 - left, 8 - top), TEXT, font=font, fill=0)
+    line = load_line(image.convert("RGB"), channels=3)
+    width = -(-line.shape[-1] // 8) * 8 + 80  # a multiple of 8, then 10 blank columns of paper
+    return F.pad(line, (0, width - line.shape[-1]), value=1.0)
+
+
+def test_the_line_vae_is_bundled_and_loads_by_name():
+    assert is_bundled("line_vae"), "imuru_pl/bundled/line_vae is missing: re-create it (docs/vae.md)"
+    vae = LineVAE.from_pretrained("line_vae")
+    assert vae.padding_latent is not None and vae.stop_threshold is not None
+    recipe = json.loads((bundled_dir("line_vae") / RECIPE).read_text("utf-8"))
+    for name, entry in recipe["files"].items():  # the weights are the ones the recipe describes
+        data = (bundled_dir("line_vae") / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
+    assert recipe["command"].startswith("python run.py") and recipe["evaluation"]
+
+
+def test_the_bundled_vae_writes_a_line_back_and_tells_blank_columns_from_ink():
+    vae = LineVAE.from_pretrained("line_vae").freeze()
+    line = _line("delius")[None]
+    with torch.no_grad():
+        columns = vae.encode(line, sample=False)
+        rebuilt = vae.decode(columns)
+        blank = vae.is_blank(columns)[0]
+    assert rebuilt.shape == (1, 1, 64, line.shape[-1])
+    ink = (line[0].mean(0) < 0).reshape(64, -1, 8).any(dim=(0, 2))  # columns with ink in them
+    assert blank[-10:].float().mean() >= 0.9  # the trailing paper stops a line
+    assert blank[ink].float().mean() <= 0.1  # written columns do not
+    assert F.l1_loss(rebuilt[0], line[0].mean(0, keepdim=True)) < 0.1
+    read = RapidOcrBackend().read([tensor_to_image(rebuilt[0])])[0]
+    assert read.lower().replace(" ", "")[:10] == TEXT.lower().replace(" ", "")[:10], read
+
+
+@pytest.mark.parametrize("experiment", ["demo", "legible", "legible_fonts"])
+def test_the_cpu_recipes_start_from_the_bundled_vae(experiment: str, tmp_path: Path):
+    from imuru_pl.tasks.train_vae import ensure_vae
+
+    cfg = compose_cfg([f"experiment={experiment}"], tmp_path)
+    assert cfg.vae.pretrained == "line_vae"
+    assert LineVAE.from_pretrained(ensure_vae(cfg, tmp_path)).stop_threshold is not None
+    assert not (tmp_path / "vae").exists()  # nothing trained
+
+
+def test_bundle_puts_an_artefact_in_place_with_its_recipe(tmp_path: Path):
+    report = tmp_path / "vae_cer.json"
+    report.write_text(json.dumps({"delta_cer": 0.01}))
+    cfg = compose_cfg(["task=bundle", "name=line_vae", f"source={bundled_dir('line_vae')}", f"into={tmp_path}",
+                       f"evaluation=[{report}]"], tmp_path / "run")
+    bundle.run(cfg)
+    recipe = json.loads((tmp_path / "line_vae" / RECIPE).read_text("utf-8"))
+    assert recipe["evaluation"] == {f"{tmp_path.name}/vae_cer.json": {"delta_cer": 0.01}}
+    assert set(recipe["files"]) >= {"config.json", "diffusion_pytorch_model.safetensors", "line_vae.json"}
+    LineVAE.from_pretrained(tmp_path / "line_vae")
+    assert not list(tmp_path.glob(".line_vae.*"))  # no staging folder left
+
+    before = sorted(p.name for p in (tmp_path / "line_vae").iterdir())
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    cfg.source = str(broken)
+    with pytest.raises(UserError):
+        bundle.run(cfg)
+    assert sorted(p.name for p in (tmp_path / "line_vae").iterdir()) == before
+
+
+def test_a_stage_trained_on_from_a_recipe_keeps_the_stages_before_it(tmp_path: Path):
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / RECIPE).write_text(json.dumps({"stages": [{"command": "python run.py first", "commit": "abc",
+                                                           "run_dir": "lf10k"}]}))
+    run = tmp_path / "lf20k"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(f"vae:\n  init_from: {earlier}\n")
+    (run / ".hydra" / "overrides.yaml").write_text(f"- task=train_vae\n- vae.init_from={earlier}\n")
+    cfg = compose_cfg(["task=bundle", "name=line_vae", f"source={bundled_dir('line_vae')}", f"into={tmp_path}",
+                       f"run_dir={run}"], tmp_path / "run")
+    bundle.run(cfg)
+    recipe = json.loads((tmp_path / "line_vae" / RECIPE).read_text("utf-8"))
+    assert [s["command"] for s in recipe["stages"]] == [
+        "python run.py first", f"python run.py task=train_vae vae.init_from={earlier}"]
+    assert recipe["command"] == recipe["stages"][-1]["command"] and recipe["config"]["vae"]["init_from"]
+
+
+def test_a_missing_bundled_name_is_one_sentence(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("imuru_pl.bundled.ROOT", tmp_path)
+    with pytest.raises(UserError, match="not part of this install"):
+        resolve("starter")
+    assert resolve("some/dir") == Path("some/dir")
