@@ -17,6 +17,7 @@ LOGGED_RUN = [
     "data.lines_per_writer={train:8,val:4,test:4}",
     "data.writers_per_font=3",
     "data.batch_size=8",
+    "vae.pretrained=null",  # its own VAE stage, logged
     "vae.train.max_steps=10",
     "vae.train.eval_lines=8",
     "vae.train.stop_lines=16",
