@@ -9,6 +9,10 @@ The held-out writers come from the run's own data config (`<run>/.hydra/override
 `conf/`), so the rows show writers the model never trained on. Extra `key=value` arguments override that
 config (e.g. `data.lines_per_writer.test=4`).
 
+Any style images instead of the held-out writers (photos or scans of handwriting, one row each), one text:
+
+    .venv/bin/python scripts/gallery.py --model-dir starter --styles ../my_lines/*.png --text "..." --out x.png
+
 The style images the project ships for the notebook and README (`assets/styles/`) are style lines of
 held-out writers of the default synthetic data; they need no model:
 
@@ -29,6 +33,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image, ImageDraw, ImageFont
 
+from imuru_pl.bundled import is_bundled, resolve
 from imuru_pl.console import progress
 from imuru_pl.data.batch import collate_lines
 from imuru_pl.data.image import tensor_to_image
@@ -141,6 +146,23 @@ def make_gallery(model_dir: Path, out: Path, writers: int, overrides: list[str],
     return out
 
 
+def make_style_gallery(model_dir: Path, styles: list[Path], text: str, out: Path, max_new_columns: int,
+                       device: str) -> Path:
+    """One row per style image (any image PIL opens): the image as the model takes it | `text` in it."""
+    pipeline = ImuruPipeline.from_pretrained(model_dir, device=device)
+    font = ImageFont.load_default(size=11)
+    rows = []
+    for path in progress(styles, desc="Generating", unit="style"):
+        style = pipeline.load_styles([path])
+        line = pipeline.generate_lines(style, [text], min(max_new_columns, pipeline.model.max_new_columns))[0]
+        rows.append([caption(tensor_to_image(style), f"{path.name}: style image", font),
+                     caption(tensor_to_image(line), f"written: {text}", font)])
+    image = gallery(rows, "Outside handwriting: style image | line written in that style", font)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out, optimize=True)
+    return out
+
+
 def write_styles(directory: Path, texts: tuple[str, ...] = STYLE_TEXTS) -> list[Path]:
     """Style lines on paper, one per text, by held-out writers of the default synthetic data (one writer
     per font family), saved as `<writer>.png`."""
@@ -169,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--styles-only", action="store_true",
                         help="write assets/styles/*.png (no model needed) and stop")
+    parser.add_argument("--styles", type=Path, nargs="+", help="style images to write in instead of held-out writers")
+    parser.add_argument("--text", default="Handwriting from one line", help="the text written with --styles")
     parser.add_argument("overrides", nargs="*", help="config overrides for the data, key=value")
     args = parser.parse_args(argv)
     os.environ.setdefault("IMURU_PL_ROOT", str(ROOT))  # the configs anchor data and caches to the project root
@@ -178,10 +202,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Wrote {path.relative_to(ROOT)}")
         return 0
     model_dir = args.model_dir or newest_model_dir()
+    if model_dir is not None and not model_dir.exists() and is_bundled(str(model_dir)):
+        model_dir = resolve(str(model_dir))  # a bundled model by name (starter)
     if model_dir is None:
         print("No exported model found under outputs/train/*/model; train one (python run.py task=train) "
               "or pass --model-dir.", file=sys.stderr)
         return 2
+    if args.styles:
+        out = make_style_gallery(model_dir, args.styles, args.text, args.out, args.max_new_columns, args.device)
+        print(f"Wrote {out} ({out.stat().st_size / 1e3:.0f} kB) from {model_dir}")
+        return 0
     if args.writers < 1:
         print("--writers must be at least 1.", file=sys.stderr)
         return 2

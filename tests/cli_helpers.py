@@ -22,6 +22,7 @@ TINY_TRAIN = [
     "data.eval_batch_size=4",
     "data.num_workers=0",  # the demo's loader process is not worth its start for a dozen steps
     "vae.pretrained=null",  # the demo's bundled VAE aside: these runs train their own VAE stage, small
+    "heldout.compare_with=null",  # nor the bundled starter's lines beside the held-out ones
     "vae.arch.block_out_channels=[8,8,8,8]",
     "vae.arch.norm_num_groups=4",
     "vae.train.max_steps=20",

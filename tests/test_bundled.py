@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from cli_helpers import compose_cfg
+from cli_helpers import compose_cfg, run_cli
 from imuru_pl.bundled import RECIPE, bundled_dir, is_bundled, resolve
 from imuru_pl.data.image import load_line, tensor_to_image
 from imuru_pl.errors import UserError
 from imuru_pl.metrics.ocr import RapidOcrBackend
 from imuru_pl.models.vae import LineVAE
+from imuru_pl.models.writing import write_lines_detailed
+from imuru_pl.pipeline import ImuruPipeline
 from imuru_pl.tasks import bundle
 
 TEXT = "Handwriting is hard to fake"
@@ -41,11 +44,7 @@ def test_the_line_vae_is_bundled_and_loads_by_name():
     assert is_bundled("line_vae"), "imuru_pl/bundled/line_vae is missing: re-create it (docs/vae.md)"
     vae = LineVAE.from_pretrained("line_vae")
     assert vae.padding_latent is not None and vae.stop_threshold is not None
-    recipe = json.loads((bundled_dir("line_vae") / RECIPE).read_text("utf-8"))
-    for name, entry in recipe["files"].items():  # the weights are the ones the recipe describes
-        data = (bundled_dir("line_vae") / name).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
-    assert recipe["command"].startswith("python run.py") and recipe["evaluation"]
+    _recipe_matches_its_files("line_vae")
 
 
 def test_the_bundled_vae_writes_a_line_back_and_tells_blank_columns_from_ink():
@@ -62,6 +61,56 @@ def test_the_bundled_vae_writes_a_line_back_and_tells_blank_columns_from_ink():
     assert F.l1_loss(rebuilt[0], line[0].mean(0, keepdim=True)) < 0.1
     read = RapidOcrBackend().read([tensor_to_image(rebuilt[0])])[0]
     assert read.lower().replace(" ", "")[:10] == TEXT.lower().replace(" ", "")[:10], read
+
+
+def _recipe_matches_its_files(name: str) -> dict:
+    recipe = json.loads((bundled_dir(name) / RECIPE).read_text("utf-8"))
+    for file, entry in recipe["files"].items():  # the weights are the ones the recipe describes
+        data = (bundled_dir(name) / file).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], file
+    assert recipe["command"].startswith("python run.py") and recipe["evaluation"]
+    return recipe
+
+
+def test_the_starter_is_bundled_and_loads_by_name():
+    assert is_bundled("starter"), "imuru_pl/bundled/starter is missing: re-create it (README, docs/vae.md)"
+    recipe = _recipe_matches_its_files("starter")
+    assert recipe["config"]["vae"]["pretrained"] == "line_vae"  # trained over the bundled VAE
+    pipeline = ImuruPipeline.from_pretrained("starter")
+    assert pipeline.model.letters is not None and pipeline.vae.stop_threshold is not None  # its own copy of the VAE
+
+
+def test_the_starter_writes_a_line_in_a_hand_it_never_saw():
+    pipeline = ImuruPipeline.from_pretrained("starter")
+    style = _line("delius")[None]
+    texts = ["a line never seen", "and a longer line of words"]
+    with torch.no_grad():
+        written = write_lines_detailed(pipeline.model, pipeline.vae, style.expand(2, -1, -1, -1),
+                                       torch.tensor([style.shape[-1]] * 2), texts)
+    assert written.stopped.all(), "each line ends by itself"
+    short, long = (image.shape[-1] for image in written.images)
+    assert 8 * len(texts[0]) <= short < long <= 40 * len(texts[1])  # longer text, wider line, letter-sized
+    for image in written.images:
+        assert (image < 0).float().mean() > 0.01, "ink on the paper"
+
+
+def test_generate_uses_the_starter_when_no_model_is_named(tmp_path: Path):
+    style = tmp_path / "style.png"
+    tensor_to_image(_line("delius")).save(style)
+    result = run_cli("task=generate", f"style={style}", "text=hello there", f"out={tmp_path / 'hello.png'}",
+                     f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with Image.open(tmp_path / "hello.png") as image:
+        assert image.height == 64 and image.width >= 64
+
+
+def test_the_demo_writes_the_starters_lines_beside_its_own(tmp_path: Path):
+    from imuru_pl.tasks.heldout import compared_pipeline
+
+    cfg = compose_cfg(["experiment=demo"], tmp_path)
+    assert cfg.heldout.compare_with == "starter"
+    assert compared_pipeline(cfg.heldout.compare_with).model.letters is not None
+    assert compose_cfg(["experiment=legible_fonts"], tmp_path).heldout.compare_with is None  # it makes the starter
 
 
 @pytest.mark.parametrize("experiment", ["demo", "legible", "legible_fonts"])

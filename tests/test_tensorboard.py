@@ -18,6 +18,7 @@ LOGGED_RUN = [
     "data.writers_per_font=3",
     "data.batch_size=8",
     "vae.pretrained=null",  # its own VAE stage, logged
+    "heldout.compare_with=null",
     "vae.train.max_steps=10",
     "vae.train.eval_lines=8",
     "vae.train.stop_lines=16",

@@ -14,6 +14,7 @@ TINY = [
     "data.fonts=[fontpkg_caveat,fontpkg_delius,fontpkg_kalam,fontpkg_satisfy]",
     "data.batch_size=4",
     "vae.pretrained=null",  # the demo's bundled VAE aside: a 3-step VAE of their own
+    "heldout.compare_with=null",
     "vae.train.max_steps=3",
     "vae.train.eval_lines=4",
     "vae.train.stop_lines=8",

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from imuru_pl.pipeline import ImuruPipeline
 
@@ -107,3 +108,25 @@ def test_heldout_lines_with_a_style_reader_report_its_reading(tiny_run: Path, tm
     nothing = tmp_path / "nothing"
     missing = heldout(tiny_run, tmp_path, tmp_path / "missing", f"heldout.style_reader={nothing}")
     assert missing.returncode == 2 and "heldout.style_reader=" in missing.stdout + missing.stderr
+
+
+def test_another_model_writes_the_same_heldout_lines_beside_the_runs_own(tiny_run: Path, tmp_path: Path):
+    out = tmp_path / "compared"
+    result = heldout(tiny_run, tmp_path, out, f"heldout.compare_with={tiny_run / 'model'}", "heldout.num_lines=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = out / "heldout"
+    report = json.loads((root / "evaluation.json").read_text())
+    assert report["compared"]["model"] == str(tiny_run / "model") and report["compared"]["n_fake"] == 2
+    own, other = sorted((root / "generated").rglob("*.png")), sorted((root / "compared").rglob("*.png"))
+    assert len(own) == len(other) == 2
+    for mine, theirs in zip(own, other):  # the same model from the same style lines: the same pixels
+        assert mine.relative_to(root / "generated") == theirs.relative_to(root / "compared")
+        assert mine.read_bytes() == theirs.read_bytes()
+    assert all(report["compared"][k] == report["generated"][k] for k in ("hwd", "fid", "stop_rate", "width_error"))
+    plain = tmp_path / "plain"
+    assert heldout(tiny_run, tmp_path, plain, "heldout.num_lines=2").returncode == 0
+    with Image.open(root / "grid.png") as beside, Image.open(plain / "heldout" / "grid.png") as alone:
+        assert beside.height == alone.height and beside.width > alone.width, "one more column"
+    missing = heldout(tiny_run, tmp_path, tmp_path / "bad", f"heldout.compare_with={tmp_path / 'nowhere'}")
+    assert missing.returncode == 2 and "Model directory not found" in missing.stdout + missing.stderr
+    assert not (tmp_path / "bad").exists()

@@ -10,7 +10,10 @@ wrote are left out of it (logged). The evaluation report compares generated and 
 hand (`Imuru.width_scale`); off by default, as the protocol gives the model no transcription.
 `heldout.style_reader=<reader dir>` gets those texts without a transcription: a line reader (a VAE stage's
 `vae_reader/`, trained on the training writers only) reads each style line, and the plan is fitted to what
-it reads; the report keeps the reader's CER on the style lines.
+it reads; the report keeps the reader's CER on the style lines. `heldout.compare_with=<model dir or bundled
+name>` has another model write the same lines from the same style lines (the demo: the bundled `starter`):
+`compared/`, a column of the grid between the run's lines and the real ones, and its own report beside
+`generated`'s.
 
 `python run.py task=heldout run_dir=<run> out=<dir> [key=value ...]` (`run`) writes and scores a finished
 run's held-out lines again, with the run's own config (`<run>/.hydra/config.yaml`) and exported model
@@ -29,12 +32,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from imuru_pl.bundled import resolve
 from imuru_pl.callbacks.checkpoint import read_checkpoint
 from imuru_pl.console import progress
 from imuru_pl.data.batch import collate_lines, spread_samples
@@ -55,6 +59,7 @@ log = logging.getLogger(__name__)
 
 HELDOUT_SUBDIR = "heldout"
 FIGURES_FILE = "heldout_figures.json"
+COMPARED = "compared"  # heldout.compare_with's lines for the same samples: their folder and report key
 EXPORT_SUBDIR = "model"
 RUN_CONFIG = Path(".hydra") / "config.yaml"
 WEIGHTS = ("trained", "average")
@@ -82,26 +87,15 @@ def write_heldout_lines(cfg: DictConfig, pipeline: ImuruPipeline, datamodule, ou
     batch_size = int(cfg.data.get("eval_batch_size", 8))
     with_style_text = bool(settings.get("style_text_widths", False))  # a model without a plan refuses it
     reader = style_reader(settings.get("style_reader"), with_style_text)
-    read_texts: list[str] = []
-    generated: list[torch.Tensor] = []
-    lengths, stopped, real_widths = [], [], []
-    for start in progress(range(0, len(samples), batch_size), desc="Held-out lines", unit="batch"):
-        batch = collate_lines(samples[start : start + batch_size])
-        style_texts = batch.style_texts if with_style_text else None
-        if reader is not None:
-            style_texts = reader.read_lines(batch.style, batch.style_widths)
-            read_texts += style_texts
-        written = write_lines_detailed(pipeline.model, pipeline.vae, batch.style, batch.style_widths,
-                                       batch.texts, style_texts=style_texts)
-        generated += written.images
-        lengths.append(written.lengths)
-        stopped.append(written.stopped)
-        real_widths.append(batch.target_widths.cpu())
-    geometry = line_geometry(torch.cat(lengths), torch.cat(stopped), torch.cat(real_widths))
+    other_model = settings.get("compare_with")
+    other_pipeline = compared_pipeline(other_model, pipeline.device) if other_model else None
+    own = write_samples(pipeline, samples, batch_size, with_style_text, reader)
+    compared = None if other_pipeline is None else write_samples(
+        other_pipeline, samples, batch_size, with_style_text, reader, desc=f"Held-out lines ({other_model})")
 
     writers = [w.id for w in datamodule.writers("test")]
     fake, real, wrong = [], [], []
-    for i, (sample, image) in enumerate(zip(samples, generated)):
+    for i, (sample, image) in enumerate(zip(samples, own.images)):
         name = f"{i:04d}"
         fake.append(Item(sample["writer"], tensor_to_image(image), sample["text"], name))
         real.append(Item(sample["writer"], tensor_to_image(sample["target"]), sample["text"], name))
@@ -116,19 +110,27 @@ def write_heldout_lines(cfg: DictConfig, pipeline: ImuruPipeline, datamodule, ou
                  "it covers the other %d.", len(samples) - len(wrong), len(samples), len(wrong))
 
     root = out / HELDOUT_SUBDIR
-    for folder, items in (("generated", fake), ("real", real), ("wrong_writer", wrong)):
+    other = [] if compared is None else [
+        Item(s["writer"], tensor_to_image(image), s["text"], f"{i:04d}")
+        for i, (s, image) in enumerate(zip(samples, compared.images))]
+    for folder, items in (("generated", fake), ("real", real), ("wrong_writer", wrong), (COMPARED, other)):
         if items:
             write_folder(root / folder, items)
-    rows = [[s["style"], g, s["target"]] for s, g in zip(samples[:8], generated[:8])]
+    columns = [own.images[:8]] + ([compared.images[:8]] if compared is not None else [])
+    rows = [[s["style"], *lines, s["target"]] for s, *lines in zip(samples[:8], *columns)]
     rows_grid(rows).save(root / "grid.png")
-    log.info("Wrote %d held-out lines (style | generated | real grid: %s)", len(samples), root / "grid.png")
+    log.info("Wrote %d held-out lines (style | generated%s | real grid: %s)", len(samples),
+             f" | {other_model}" if compared is not None else "", root / "grid.png")
     result = {"heldout_dir": str(root)}
     if settings.get("evaluate", True):
-        report = {"generated": {**evaluate_sets(fake, real, cfg.metrics), **geometry,
+        report = {"generated": {**evaluate_sets(fake, real, cfg.metrics), **own.geometry,
                                 "style_text_widths": with_style_text}}
         if reader is not None:
             report["generated"]["style_reader"] = str(settings.get("style_reader"))
-            report["generated"]["style_reader_cer"] = cer(read_texts, [s["style_text"] for s in samples])
+            report["generated"]["style_reader_cer"] = cer(own.read_texts, [s["style_text"] for s in samples])
+        if compared is not None:  # the same styles and texts, written by the other model
+            report[COMPARED] = {**evaluate_sets(other, real, cfg.metrics), **compared.geometry,
+                                "model": str(other_model)}
         if wrong:  # against the real lines of the same texts only
             names = {item.name for item in wrong}
             report["wrong_writer"] = evaluate_sets(wrong, [r for r in real if r.name in names], cfg.metrics)
@@ -136,6 +138,37 @@ def write_heldout_lines(cfg: DictConfig, pipeline: ImuruPipeline, datamodule, ou
         result["evaluation"] = {k: _headline(v) for k, v in report.items()}
         log.info("Held-out evaluation: %s", json.dumps(result["evaluation"]))
     return result
+
+
+class Written(NamedTuple):
+    images: list[torch.Tensor]
+    geometry: dict[str, float]  # stop rate and width error against the real lines (metrics.geometry)
+    read_texts: list[str]  # what the style reader read in each style line (empty without one)
+
+
+def write_samples(pipeline: ImuruPipeline, samples: list[dict], batch_size: int, with_style_text: bool,
+                  reader: LineReader | None, desc: str = "Held-out lines") -> Written:
+    """Each sample's text in the hand of its style line, in batches."""
+    images, read_texts, lengths, stopped, real_widths = [], [], [], [], []
+    for start in progress(range(0, len(samples), batch_size), desc=desc, unit="batch"):
+        batch = collate_lines(samples[start : start + batch_size])
+        style_texts = batch.style_texts if with_style_text else None
+        if reader is not None:
+            style_texts = reader.read_lines(batch.style, batch.style_widths)
+            read_texts += style_texts
+        written = write_lines_detailed(pipeline.model, pipeline.vae, batch.style, batch.style_widths,
+                                       batch.texts, style_texts=style_texts)
+        images += written.images
+        lengths.append(written.lengths)
+        stopped.append(written.stopped)
+        real_widths.append(batch.target_widths.cpu())
+    return Written(images, line_geometry(torch.cat(lengths), torch.cat(stopped), torch.cat(real_widths)),
+                   read_texts)
+
+
+def compared_pipeline(model_dir, device="cpu") -> ImuruPipeline:
+    """The model of `heldout.compare_with`: an exported model directory or a bundled name (`starter`)."""
+    return ImuruPipeline.from_pretrained(resolve(str(model_dir), to_absolute_path(str(model_dir))), device=device)
 
 
 def style_reader(directory, with_style_text: bool) -> LineReader | None:
