@@ -3,7 +3,7 @@ the model wrote for it (and, with --real, the writer's own render of that text),
 
 Regenerate the README image (newest `outputs/train/*/model` by default):
 
-    .venv/bin/python scripts/gallery.py [--model-dir outputs/train/<run>/model] [--writers 6]
+    .venv/bin/python scripts/gallery.py [--model-dir outputs/train/<run>/model] [--writers 6] [--beside starter]
 
 The held-out writers come from the run's own data config (`<run>/.hydra/overrides.yaml` replayed on
 `conf/`), so the rows show writers the model never trained on. Extra `key=value` arguments override that
@@ -117,12 +117,12 @@ def gallery(rows: list[list[Image.Image]], title: str, font) -> Image.Image:
     return canvas
 
 
-def make_gallery(model_dir: Path, out: Path, writers: int, overrides: list[str], real: bool,
-                 max_new_columns: int, device: str) -> Path:
-    data_cfg = data_config(run_overrides(model_dir) + overrides)
-    datamodule = instantiate(data_cfg)
-    datamodule.setup("test")
-    samples = spread_samples(datamodule.test_dataset, writers)
+def model_path(value: Path) -> Path:
+    """A model directory as given, or the package's own for a bundled name (starter)."""
+    return resolve(str(value)) if not value.exists() and is_bundled(str(value)) else value
+
+
+def write_samples(model_dir: Path, samples: list[dict], max_new_columns: int, device: str) -> list:
     pipeline = ImuruPipeline.from_pretrained(model_dir, device=device)
     started = time.time()
     generated = []
@@ -130,17 +130,30 @@ def make_gallery(model_dir: Path, out: Path, writers: int, overrides: list[str],
         batch = collate_lines(samples[start : start + BATCH])
         generated += write_lines(pipeline.model, pipeline.vae, batch.style, batch.style_widths, batch.texts,
                                  min(max_new_columns, pipeline.model.max_new_columns))
-    print(f"Wrote {len(samples)} lines in {time.time() - started:.1f} s")
+    print(f"Wrote {len(samples)} lines in {time.time() - started:.1f} s with {model_dir}")
+    return generated
+
+
+def make_gallery(model_dir: Path, out: Path, writers: int, overrides: list[str], real: bool,
+                 max_new_columns: int, device: str, beside: Path | None = None) -> Path:
+    data_cfg = data_config(run_overrides(model_dir) + overrides)
+    datamodule = instantiate(data_cfg)
+    datamodule.setup("test")
+    samples = spread_samples(datamodule.test_dataset, writers)
+    generated = write_samples(model_dir, samples, max_new_columns, device)
+    other = write_samples(model_path(beside), samples, max_new_columns, device) if beside else [None] * len(samples)
     font = ImageFont.load_default(size=11)
     rows = []
-    for sample, image in zip(samples, generated):
+    for sample, image, theirs in zip(samples, generated, other):
         row = [caption(tensor_to_image(sample["style"]), f"{sample['writer']}: style image", font),
                caption(tensor_to_image(image), f"generated: {sample['text']}", font)]
+        if theirs is not None:
+            row.append(caption(tensor_to_image(theirs), f"{beside}: the same text", font))
         if real:
             row.append(caption(tensor_to_image(sample["target"]), "the writer's own line", font))
         rows.append(row)
     title = "Held-out writers (never seen in training): style image | line generated in that style"
-    image = gallery(rows, title + (" | real line" if real else ""), font)
+    image = gallery(rows, title + (f" | {beside}'s line" if beside else "") + (" | real line" if real else ""), font)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out, optimize=True)
     return out
@@ -191,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--styles-only", action="store_true",
                         help="write assets/styles/*.png (no model needed) and stop")
+    parser.add_argument("--beside", type=Path, help="another model (or starter) writes the same lines beside")
     parser.add_argument("--styles", type=Path, nargs="+", help="style images to write in instead of held-out writers")
     parser.add_argument("--text", default="Handwriting from one line", help="the text written with --styles")
     parser.add_argument("overrides", nargs="*", help="config overrides for the data, key=value")
@@ -202,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Wrote {path.relative_to(ROOT)}")
         return 0
     model_dir = args.model_dir or newest_model_dir()
-    if model_dir is not None and not model_dir.exists() and is_bundled(str(model_dir)):
-        model_dir = resolve(str(model_dir))  # a bundled model by name (starter)
+    model_dir = model_path(model_dir) if model_dir is not None else None
     if model_dir is None:
         print("No exported model found under outputs/train/*/model; train one (python run.py task=train) "
               "or pass --model-dir.", file=sys.stderr)
@@ -216,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print("--writers must be at least 1.", file=sys.stderr)
         return 2
     out = make_gallery(model_dir.resolve(), args.out, args.writers, args.overrides, args.real,
-                       args.max_new_columns, args.device)
+                       args.max_new_columns, args.device, args.beside)
     print(f"Wrote {out} ({out.stat().st_size / 1e3:.0f} kB) from {model_dir}")
     return 0
 

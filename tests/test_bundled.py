@@ -73,7 +73,7 @@ def _recipe_matches_its_files(name: str) -> dict:
 
 
 def test_the_starter_is_bundled_and_loads_by_name():
-    assert is_bundled("starter"), "imuru_pl/bundled/starter is missing: re-create it (README, docs/vae.md)"
+    assert is_bundled("starter"), "imuru_pl/bundled/starter is missing: re-create it (docs/legibility.md)"
     recipe = _recipe_matches_its_files("starter")
     assert recipe["config"]["vae"]["pretrained"] == "line_vae"  # trained over the bundled VAE
     pipeline = ImuruPipeline.from_pretrained("starter")

@@ -4,8 +4,8 @@ starts from, and `starter`, a tiny Imuru trained with the project's CPU recipe o
 A bundled name is accepted wherever a directory is (`vae.pretrained=line_vae`, `model_dir=starter`,
 `ImuruPipeline.from_pretrained("starter")`); a local directory of the same name comes first. Each artefact's
 folder keeps the config and the evaluation of the run that made it (`recipe.json`), and
-`python run.py task=bundle ...` (tasks/bundle.py) is how they are put here. docs/vae.md and README say which
-command and commit re-create them.
+`python run.py task=bundle ...` (tasks/bundle.py) is how they are put here. docs/vae.md (the VAE) and
+docs/legibility.md (the starter) say which command and commit re-create them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from imuru_pl.errors import UserError
 
 ROOT = Path(__file__).resolve().parent
 NAMES = {"line_vae": "the bundled line VAE", "starter": "the bundled starter Imuru"}
+RECREATE = {"line_vae": "docs/vae.md", "starter": "docs/legibility.md"}  # where the command that makes each is
 RECIPE = "recipe.json"  # beside the weights: the command, commit, config and evaluation that made them
 
 
@@ -39,5 +40,5 @@ def resolve(value: str | Path, local: str | Path | None = None) -> Path:
         return path
     if not is_bundled(str(value)):
         raise UserError(f"{NAMES[str(value)]} ({value!r}) is not part of this install: re-create it with the "
-                        "command in docs/vae.md, or give a directory.")
+                        f"command in {RECREATE[str(value)]}, or give a directory.")
     return bundled_dir(str(value))
