@@ -267,8 +267,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"weights is trained or average, not {weights!r}.")
     keys = command_line_keys()
     run_cfg = run_config(run_dir, out, run_overrides(cfg, keys))
-    model_dir = (Path(to_absolute_path(str(cfg.model_dir))) if cfg.get("model_dir")
-                 else run_dir / EXPORT_SUBDIR)
+    model_dir = (resolve(str(cfg.model_dir), to_absolute_path(str(cfg.model_dir))) if cfg.get("model_dir")
+                 else run_dir / EXPORT_SUBDIR)  # a bundled name (starter) as the package folder it names
     pipeline = ImuruPipeline.from_pretrained(model_dir, device=cfg.get("device") or "cpu")
     if cfg.get("checkpoint"):
         load_checkpoint_weights(pipeline, Path(to_absolute_path(str(cfg.checkpoint))), weights)
