@@ -105,11 +105,11 @@ def test_generate_uses_the_starter_when_no_model_is_named(tmp_path: Path):
 
 
 def test_the_demo_writes_the_starters_lines_beside_its_own(tmp_path: Path):
-    from imuru_pl.tasks.heldout import compared_pipeline
+    from imuru_pl.tasks.heldout import model_pipeline
 
     cfg = compose_cfg(["experiment=demo"], tmp_path)
     assert cfg.heldout.compare_with == "starter"
-    assert compared_pipeline(cfg.heldout.compare_with).model.letters is not None
+    assert model_pipeline(cfg.heldout.compare_with).model.letters is not None
     assert compose_cfg(["experiment=legible_fonts"], tmp_path).heldout.compare_with is None  # it makes the starter
 
 

@@ -88,7 +88,7 @@ def write_heldout_lines(cfg: DictConfig, pipeline: ImuruPipeline, datamodule, ou
     with_style_text = bool(settings.get("style_text_widths", False))  # a model without a plan refuses it
     reader = style_reader(settings.get("style_reader"), with_style_text)
     other_model = settings.get("compare_with")
-    other_pipeline = compared_pipeline(other_model, pipeline.device) if other_model else None
+    other_pipeline = model_pipeline(other_model, pipeline.device) if other_model else None
     own = write_samples(pipeline, samples, batch_size, with_style_text, reader)
     compared = None if other_pipeline is None else write_samples(
         other_pipeline, samples, batch_size, with_style_text, reader, desc=f"Held-out lines ({other_model})")
@@ -166,8 +166,8 @@ def write_samples(pipeline: ImuruPipeline, samples: list[dict], batch_size: int,
                    read_texts)
 
 
-def compared_pipeline(model_dir, device="cpu") -> ImuruPipeline:
-    """The model of `heldout.compare_with`: an exported model directory or a bundled name (`starter`)."""
+def model_pipeline(model_dir, device="cpu") -> ImuruPipeline:
+    """An exported model directory or a bundled name (`starter`): `model_dir=`, `heldout.compare_with`."""
     return ImuruPipeline.from_pretrained(resolve(str(model_dir), to_absolute_path(str(model_dir))), device=device)
 
 
@@ -267,9 +267,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"weights is trained or average, not {weights!r}.")
     keys = command_line_keys()
     run_cfg = run_config(run_dir, out, run_overrides(cfg, keys))
-    model_dir = (resolve(str(cfg.model_dir), to_absolute_path(str(cfg.model_dir))) if cfg.get("model_dir")
-                 else run_dir / EXPORT_SUBDIR)  # a bundled name (starter) as the package folder it names
-    pipeline = ImuruPipeline.from_pretrained(model_dir, device=cfg.get("device") or "cpu")
+    model_dir = cfg.get("model_dir") or run_dir / EXPORT_SUBDIR
+    pipeline = model_pipeline(model_dir, device=cfg.get("device") or "cpu")
     if cfg.get("checkpoint"):
         load_checkpoint_weights(pipeline, Path(to_absolute_path(str(cfg.checkpoint))), weights)
     refit = refit_durations(run_cfg, pipeline.model, pipeline.vae)

@@ -23,7 +23,7 @@ from imuru_pl.models.vae import LineVAE
 from imuru_pl.pipeline import ImuruPipeline
 from imuru_pl.tasks.common import build_trainer, output_dir
 from imuru_pl.tasks.duration_fit import check_aligned, fit_settings, refit_durations
-from imuru_pl.tasks.heldout import compared_pipeline, style_reader, write_heldout_lines
+from imuru_pl.tasks.heldout import model_pipeline, style_reader, write_heldout_lines
 from imuru_pl.tasks.train_reader import check_reader_config
 from imuru_pl.tasks.train_vae import ensure_vae
 
@@ -75,7 +75,7 @@ def run(cfg: DictConfig) -> dict:
     heldout = cfg.get("heldout") or {}  # its style reader, too, is checked before training rather than after
     style_reader(heldout.get("style_reader"), bool(heldout.get("style_text_widths", False)))
     if heldout.get("compare_with"):  # and the model whose lines go beside the run's own
-        compared_pipeline(heldout.compare_with)
+        model_pipeline(heldout.compare_with)
     export_choice(cfg)
     refit = fit_settings(cfg) is not None  # its settings and data keys, too, before training
     init = init_dir(cfg)
