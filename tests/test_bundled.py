@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from PIL import Image
 
 from cli_helpers import compose_cfg, run_cli
@@ -20,7 +21,7 @@ from imuru_pl.metrics.ocr import RapidOcrBackend
 from imuru_pl.models.vae import LineVAE
 from imuru_pl.models.writing import write_lines_detailed
 from imuru_pl.pipeline import ImuruPipeline
-from imuru_pl.tasks import bundle
+from imuru_pl.tasks import bundle, train
 
 TEXT = "Handwriting is hard to fake"
 
@@ -161,6 +162,21 @@ def test_a_stage_trained_on_from_a_recipe_keeps_the_stages_before_it(tmp_path: P
     assert [s["command"] for s in recipe["stages"]] == [
         "python run.py first", f"python run.py task=train_vae vae.init_from={earlier}"]
     assert recipe["command"] == recipe["stages"][-1]["command"] and recipe["config"]["vae"]["init_from"]
+
+
+def test_a_model_trained_on_from_the_starter_keeps_the_starters_stages(tmp_path: Path):
+    run = tmp_path / "starter_cont"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("init_from: starter\nvae:\n  pretrained: line_vae\n")
+    (run / ".hydra" / "overrides.yaml").write_text("- experiment=legible_fonts\n- init_from=starter\n")
+    cfg = compose_cfg(["task=bundle", "name=starter", f"source={bundled_dir('starter')}", f"into={tmp_path}",
+                       f"run_dir={run}"], tmp_path / "run")
+    assert train.init_dir(OmegaConf.create({"init_from": "starter"})) == bundled_dir("starter")
+    earlier = json.loads((bundled_dir("starter") / RECIPE).read_text("utf-8"))["stages"]
+    bundle.run(cfg)
+    recipe = json.loads((tmp_path / "starter" / RECIPE).read_text("utf-8"))
+    assert recipe["stages"][:-1] == earlier and len(earlier) >= 1
+    assert recipe["stages"][-1]["command"] == "python run.py experiment=legible_fonts init_from=starter"
 
 
 def test_a_missing_bundled_name_is_one_sentence(tmp_path: Path, monkeypatch):

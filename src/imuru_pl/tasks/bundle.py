@@ -65,9 +65,11 @@ def _run_recipe(run_dir: Path) -> dict[str, Any]:
 
 
 def _stages(run: dict[str, Any], commit: str | None) -> list[dict[str, Any]]:
-    """The commands that made the artefact, oldest first: a VAE stage trained on from a VAE with a recipe
-    (`vae.init_from=line_vae`: the bundled VAE trained one stage further) inherits that recipe's stages."""
-    init = ((run.get("config") or {}).get("vae") or {}).get("init_from")
+    """The commands that made the artefact, oldest first: a stage trained on from an artefact with a recipe
+    (`vae.init_from=line_vae`: the bundled VAE one stage further; `init_from=starter`: the starter Imuru
+    trained on) inherits that recipe's stages."""
+    config = run.get("config") or {}
+    init = config.get("init_from") or (config.get("vae") or {}).get("init_from")
     earlier: list[dict[str, Any]] = []
     if init:
         try:

@@ -12,6 +12,7 @@ from hydra.utils import instantiate, to_absolute_path
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from imuru_pl.bundled import resolve
 from imuru_pl.callbacks.checkpoint import precheck_ckpt_path, resolve_ckpt_path
 from imuru_pl.callbacks.tensorboard import log_final_metrics
 from imuru_pl.errors import UserError
@@ -59,10 +60,10 @@ def export_choice(cfg: DictConfig) -> str:
 
 
 def init_dir(cfg: DictConfig) -> Path | None:
-    """`init_from`: an exported model (or a reference checkpoint) whose weights and frozen VAE training
-    starts from."""
+    """`init_from`: an exported model (or a reference checkpoint, or the bundled name `starter`) whose weights
+    and frozen VAE training starts from."""
     init_from = cfg.get("init_from")
-    return Path(to_absolute_path(str(Path(str(init_from)).expanduser()))) if init_from else None
+    return resolve(str(init_from), to_absolute_path(str(Path(str(init_from)).expanduser()))) if init_from else None
 
 
 def run(cfg: DictConfig) -> dict:
