@@ -70,6 +70,8 @@ def _recipe_matches_its_files(name: str) -> dict:
         data = (bundled_dir(name) / file).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], file
     assert recipe["command"].startswith("python run.py") and recipe["evaluation"]
+    for config in bundled_dir(name).rglob("config.json"):  # no path of the machine it was made on
+        assert "_name_or_path" not in json.loads(config.read_text("utf-8")), config
     return recipe
 
 

@@ -99,6 +99,15 @@ def _check(name: str, directory: Path) -> None:
         load_model_dir(directory)
 
 
+def _drop_saved_paths(directory: Path) -> None:
+    """diffusers writes where a model was loaded from into its config (`_name_or_path`): a path of the machine
+    the artefact was made on, which the package does not ship."""
+    for path in directory.rglob("config.json"):
+        config = json.loads(path.read_text("utf-8"))
+        if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
+
+
 def _to_bf16(path: Path) -> None:
     state = load_file(path)
     save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}, path)
@@ -136,6 +145,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns(".*", RECIPE))
+        _drop_saved_paths(staging)
         if dtype == "bf16" and (staging / WEIGHTS).is_file():
             _to_bf16(staging / WEIGHTS)
         recipe["files"] = _files(staging)
