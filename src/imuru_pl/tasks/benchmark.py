@@ -30,7 +30,6 @@ import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from imuru_pl.bundled import resolve
 from imuru_pl.console import progress
 from imuru_pl.data.batch import pad_images
 from imuru_pl.data.image import load_line, tensor_to_image
@@ -42,6 +41,7 @@ from imuru_pl.metrics import evaluate_folders, save_report
 from imuru_pl.metrics.geometry import line_geometry
 from imuru_pl.metrics.report import benchmark_table, protocol_match
 from imuru_pl.pipeline import ImuruPipeline, write_lines_detailed
+from imuru_pl.tasks.common import artefact_dir
 from imuru_pl.tasks.evaluate import metrics_config
 from imuru_pl.tasks.generate import save_atomically
 
@@ -231,7 +231,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     device = _device(cfg)
     precision = _precision(cfg, device)
     metrics = metrics_config(cfg)
-    model_dir = resolve(str(cfg.model_dir), to_absolute_path(str(cfg.model_dir)))
+    model_dir = artefact_dir(cfg.model_dir)
     pipeline = ImuruPipeline.from_pretrained(model_dir, device=device)
     charset = str(cfg.get("charset") or DEFAULT_CHARSET)
     charset = PRINTABLE_ASCII if charset == "ascii" else charset

@@ -26,10 +26,11 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig
 from safetensors.torch import load_file, save_file
 
-from imuru_pl.bundled import RECIPE, ROOT, bundled_dir, resolve
+from imuru_pl.bundled import RECIPE, ROOT, bundled_dir
 from imuru_pl.errors import UserError
 from imuru_pl.models.reference_checkpoint import load_model_dir
 from imuru_pl.models.vae import LineVAE
+from imuru_pl.tasks.common import artefact_dir
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def _stages(run: dict[str, Any], commit: str | None) -> list[dict[str, Any]]:
     earlier: list[dict[str, Any]] = []
     if init:
         try:
-            path = resolve(str(init), to_absolute_path(str(init)))
+            path = artefact_dir(init)
             earlier = json.loads((path / RECIPE).read_text("utf-8")).get("stages", [])
         except (OSError, ValueError, UserError):
             earlier = []  # a VAE without a recipe (a run directory): its own command is in its run's .hydra/

@@ -6,13 +6,20 @@ import logging
 from pathlib import Path
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError
 
+from imuru_pl.bundled import resolve
 from imuru_pl.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+def artefact_dir(value) -> Path:
+    """A directory named on the command line (relative to where the command started), or a bundled name
+    (`starter`, `line_vae`) when no such directory exists."""
+    return resolve(str(value), to_absolute_path(str(Path(str(value)).expanduser())))
 
 
 def output_dir(cfg: DictConfig) -> Path:

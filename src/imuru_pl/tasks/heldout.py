@@ -38,7 +38,6 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from imuru_pl.bundled import resolve
 from imuru_pl.callbacks.checkpoint import read_checkpoint
 from imuru_pl.console import progress
 from imuru_pl.data.batch import collate_lines, spread_samples
@@ -52,6 +51,7 @@ from imuru_pl.metrics.items import Item
 from imuru_pl.metrics.report import save_report
 from imuru_pl.models.reader import LineReader
 from imuru_pl.pipeline import ImuruPipeline, write_lines_detailed
+from imuru_pl.tasks.common import artefact_dir
 from imuru_pl.tasks.duration_fit import refit_durations
 from imuru_pl.visual import rows_grid
 
@@ -168,7 +168,7 @@ def write_samples(pipeline: ImuruPipeline, samples: list[dict], batch_size: int,
 
 def model_pipeline(model_dir, device="cpu") -> ImuruPipeline:
     """An exported model directory or a bundled name (`starter`): `model_dir=`, `heldout.compare_with`."""
-    return ImuruPipeline.from_pretrained(resolve(str(model_dir), to_absolute_path(str(model_dir))), device=device)
+    return ImuruPipeline.from_pretrained(artefact_dir(model_dir), device=device)
 
 
 def style_reader(directory, with_style_text: bool) -> LineReader | None:

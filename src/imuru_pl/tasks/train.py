@@ -8,11 +8,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from imuru_pl.bundled import resolve
 from imuru_pl.callbacks.checkpoint import precheck_ckpt_path, resolve_ckpt_path
 from imuru_pl.callbacks.tensorboard import log_final_metrics
 from imuru_pl.errors import UserError
@@ -22,7 +21,7 @@ from imuru_pl.models.reference_checkpoint import load_model_dir
 from imuru_pl.models.schedules import check_optim_config
 from imuru_pl.models.vae import LineVAE
 from imuru_pl.pipeline import ImuruPipeline
-from imuru_pl.tasks.common import build_trainer, output_dir
+from imuru_pl.tasks.common import artefact_dir, build_trainer, output_dir
 from imuru_pl.tasks.duration_fit import check_aligned, fit_settings, refit_durations
 from imuru_pl.tasks.heldout import model_pipeline, style_reader, write_heldout_lines
 from imuru_pl.tasks.train_reader import check_reader_config
@@ -63,7 +62,7 @@ def init_dir(cfg: DictConfig) -> Path | None:
     """`init_from`: an exported model (or a reference checkpoint, or the bundled name `starter`) whose weights
     and frozen VAE training starts from."""
     init_from = cfg.get("init_from")
-    return resolve(str(init_from), to_absolute_path(str(Path(str(init_from)).expanduser()))) if init_from else None
+    return artefact_dir(init_from) if init_from else None
 
 
 def run(cfg: DictConfig) -> dict:

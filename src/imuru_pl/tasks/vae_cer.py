@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from imuru_pl.bundled import resolve
 from imuru_pl.errors import UserError
 from imuru_pl.metrics.reconstruction import reconstruction_cer
 from imuru_pl.metrics.report import save_report
 from imuru_pl.models.vae import LineVAE
+from imuru_pl.tasks.common import artefact_dir
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                         f"{lines!r}.")
     if split not in SPLITS:
         raise UserError(f"split is val or test (the held-out writers), not {split!r}.")
-    vae_dir = str(resolve(str(cfg.vae_dir), to_absolute_path(str(cfg.vae_dir))))
+    vae_dir = str(artefact_dir(cfg.vae_dir))
     vae = LineVAE.from_pretrained(vae_dir).eval().to(cfg.get("device") or "cpu")
     datamodule = instantiate(cfg.data)
     datamodule.setup("test" if split == "test" else "validate")
