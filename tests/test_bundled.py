@@ -65,12 +65,18 @@ def test_the_bundled_vae_writes_a_line_back_and_tells_blank_columns_from_ink():
 
 
 def _recipe_matches_its_files(name: str) -> dict:
-    recipe = json.loads((bundled_dir(name) / RECIPE).read_text("utf-8"))
+    return _recipe_matches_its_files_in(bundled_dir(name))
+
+
+def _recipe_matches_its_files_in(directory: Path) -> dict:
+    recipe = json.loads((directory / RECIPE).read_text("utf-8"))
+    on_disk = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() and p.name != RECIPE}
+    assert set(recipe["files"]) == on_disk  # nothing shipped that the recipe does not describe
     for file, entry in recipe["files"].items():  # the weights are the ones the recipe describes
-        data = (bundled_dir(name) / file).read_bytes()
+        data = (directory / file).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], file
     assert recipe["command"].startswith("python run.py") and recipe["evaluation"]
-    for config in bundled_dir(name).rglob("config.json"):  # no path of the machine it was made on
+    for config in directory.rglob("config.json"):  # no path of the machine it was made on
         assert "_name_or_path" not in json.loads(config.read_text("utf-8")), config
     return recipe
 
@@ -81,6 +87,15 @@ def test_the_starter_is_bundled_and_loads_by_name():
     assert recipe["config"]["vae"]["pretrained"] == "line_vae"  # trained over the bundled VAE
     pipeline = ImuruPipeline.from_pretrained("starter")
     assert pipeline.model.letters is not None and pipeline.vae.stop_threshold is not None  # its own copy of the VAE
+
+
+def test_the_starter_reads_a_style_line_for_its_width():
+    from imuru_pl.metrics.cer import cer
+
+    pipeline = ImuruPipeline.from_pretrained("starter")
+    assert pipeline.reader is not None, "the starter carries its line reader in reader/"
+    read = pipeline.read_style(_line("delius"))
+    assert read is not None and cer([read], [TEXT]) < 0.25, read  # a font family the reader trained on
 
 
 def test_the_starter_writes_a_line_in_a_hand_it_never_saw():
@@ -179,6 +194,25 @@ def test_a_model_trained_on_from_the_starter_keeps_the_starters_stages(tmp_path:
     recipe = json.loads((tmp_path / "starter" / RECIPE).read_text("utf-8"))
     assert recipe["stages"][:-1] == earlier and len(earlier) >= 1
     assert recipe["stages"][-1]["command"] == "python run.py experiment=legible_fonts init_from=starter"
+
+
+def test_a_reader_is_added_to_the_bundled_starter_with_its_recipe_kept(tmp_path: Path):
+    from imuru_pl.models.reader import LineReader
+
+    reader = LineReader(channels=[8, 16, 16, 16], hidden=32).save_pretrained(tmp_path / "lf" / "vae_reader")
+    (reader / "metrics.json").write_text(json.dumps({"cer_val_clean": 0.5}))
+    cfg = compose_cfg(["task=bundle", "name=starter", f"style_reader={reader}", f"into={tmp_path}"], tmp_path / "run")
+    bundle.run(cfg)
+    kept = json.loads((bundled_dir("starter") / RECIPE).read_text("utf-8"))
+    recipe = _recipe_matches_its_files_in(tmp_path / "starter")
+    assert recipe["stages"] == kept["stages"] and recipe["evaluation"] == kept["evaluation"]
+    assert recipe["reader"]["source"] == "lf/vae_reader" and recipe["reader"]["metrics"] == {"cer_val_clean": 0.5}
+    assert "reader/model.safetensors" in recipe["files"] and "reader/metrics.json" not in recipe["files"]
+    assert ImuruPipeline.from_pretrained(tmp_path / "starter").reader.hidden == 32
+    cfg = compose_cfg(["task=bundle", "name=line_vae", f"style_reader={reader}", f"into={tmp_path}"], tmp_path / "run")
+    with pytest.raises(UserError, match="style_reader= goes with name=starter"):
+        bundle.run(cfg)
+    assert not (tmp_path / "line_vae").exists()
 
 
 def test_a_missing_bundled_name_is_one_sentence(tmp_path: Path, monkeypatch):

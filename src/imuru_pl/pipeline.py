@@ -1,7 +1,9 @@
 """Style images + texts in, handwriting images out: the exported model a user loads and calls.
 
 An exported model is one directory: the Imuru module's `config.json` + `model.safetensors` and the
-frozen VAE as a diffusers directory in `vae/` (with its measured padding latent and stop threshold).
+frozen VAE as a diffusers directory in `vae/` (with its measured padding latent and stop threshold). A model
+with a letter plan may also carry a line reader in `reader/` (the bundled starter does): when no style text
+is given, it reads the style line, and what it reads fits the line's width to the hand (`read_style`).
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from imuru_pl.bundled import resolve
 from imuru_pl.data.batch import COLUMN_PX, pad_images
 from imuru_pl.data.image import load_line, stack_lines, tensor_to_image
 from imuru_pl.errors import UserError
 from imuru_pl.models.imuru import Imuru
+from imuru_pl.models.reader import LineReader
 from imuru_pl.models.reference_checkpoint import VAE_SUBDIR, load_model_dir, load_reference_model
 from imuru_pl.models.vae import LineVAE
 from imuru_pl.models.writing import WrittenLines, resample_width, write_lines, write_lines_detailed
 
-__all__ = ["VAE_SUBDIR", "ImuruPipeline", "WrittenLines", "load_reference_checkpoint", "resample_width",
+__all__ = ["READER_SUBDIR", "VAE_SUBDIR", "ImuruPipeline", "WrittenLines", "load_reference_checkpoint", "resample_width",
            "write_lines", "write_lines_detailed"]
 
 log = logging.getLogger(__name__)
@@ -32,27 +36,37 @@ log = logging.getLogger(__name__)
 # Characters per generated line when wrapping long text: synthetic lines average ~17 px per
 # character, so this keeps a wrapped line well inside the column cap.
 PX_PER_CHAR_BUDGET = 24
+READER_SUBDIR = "reader"  # an exported model's own line reader (optional): style lines read for their widths
 
 
 class ImuruPipeline:
-    def __init__(self, model: Imuru, vae: LineVAE, device: str | torch.device = "cpu"):
+    def __init__(self, model: Imuru, vae: LineVAE, device: str | torch.device = "cpu",
+                 reader: LineReader | None = None):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.vae = vae.freeze().to(self.device)
+        if reader is not None and model.letters is None:
+            raise UserError("A line reader fits planned letter widths to the hand, and this model plans none "
+                            "(it was trained without model.letters).")
+        self.reader = None if reader is None else reader.to(self.device)
 
     # -- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
         self.model.save_pretrained(directory)
         self.vae.save_pretrained(directory / VAE_SUBDIR)
+        if self.reader is not None:
+            self.reader.save_pretrained(directory / READER_SUBDIR)
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> ImuruPipeline:
         """An exported imuru-pl model or a published Imuru checkpoint (Hugging Face layout), whichever the
-        directory holds."""
+        directory holds; with the line reader of its `reader/` folder when it has one."""
         model, vae = load_model_dir(directory)
-        return cls(model, vae, device)
+        reader_dir = resolve(directory) / READER_SUBDIR
+        reader = LineReader.from_pretrained(reader_dir, key="the model's reader") if reader_dir.is_dir() else None
+        return cls(model, vae, device, reader)
 
     # -- generation ----------------------------------------------------------------------------
     @property
@@ -67,10 +81,23 @@ class ImuruPipeline:
     def generate_lines(self, style: Tensor, texts: list[str], max_new_columns: int | None = None,
                        style_text: str | None = None) -> list[Tensor]:
         """One style (C, 64, w) and several single-line texts -> line images (1, 64, w_i) in [-1, 1].
-        `style_text`: what the style image says (optional), to fit the letters' widths to the hand."""
+        `style_text`: what the style image says (optional), to fit the letters' widths to the hand; without
+        it, what the model's own reader reads in the style image, when it has one."""
+        if style_text is None:
+            style_text = self.read_style(style)
         images, widths = pad_images([style] * len(texts))
         style_texts = None if style_text is None else [self.check_style_text(style_text)] * len(texts)
         return write_lines(self.model, self.vae, images, widths, texts, max_new_columns, style_texts)
+
+    def read_style(self, style: Tensor) -> str | None:
+        """What the model's own reader reads in a loaded style (C, 64, w): the style text it writes the line's
+        width from. None without a reader, or when it reads nothing."""
+        if self.reader is None:
+            return None
+        read = " ".join(self.reader.read_lines(style[None].to(self.device), torch.tensor([style.shape[-1]]))[0].split())
+        if read:
+            log.info("The model's reader reads the style image as %r; the line's width is fitted to that.", read)
+        return read or None
 
     def check_style_text(self, style_text: str) -> str:
         """The style image's text as the model takes it: one line (a model without a letter plan refuses it

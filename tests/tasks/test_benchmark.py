@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from PIL import Image
 
 from imuru_pl.data.shtg import ShtgSample, read_set, write_set
 from imuru_pl.metrics.report import BENCHMARK_COLUMNS
@@ -69,6 +70,26 @@ def test_a_set_is_generated_scored_and_reported_in_the_reports_columns(tiny_run,
     assert all((out / folder / dst).is_file() for dst in generated for folder in ("generated", "real"))
     dst = next(d for d in generated if d.endswith("a00-000-01.png"))
     assert generated[dst] == "Seven cafes" and real[dst] == "Seven cafés"  # asked in the charset, read as set
+
+
+def test_a_model_that_carries_a_reader_writes_the_set_at_the_widths_it_reads(tiny_run, mini_set, tmp_path):
+    from imuru_pl.models.reader import LineReader
+    from imuru_pl.pipeline import ImuruPipeline
+    from test_train_and_generate import reader_of_one_letter
+
+    pipeline = ImuruPipeline.from_pretrained(tiny_run / "model")
+    pipeline.reader = LineReader.from_pretrained(reader_of_one_letter(tmp_path / "reader"))
+    model = pipeline.save_pretrained(tmp_path / "with_reader")
+    widths = {}
+    for name, extra in (("own", ()), ("off", ("style_reader=false",))):
+        out = tmp_path / name
+        result = run_cli("task=benchmark", f"model_dir={model}", f"set={mini_set[0]}", f"images={mini_set[1]}",
+                         f"out={out}", "print_config=false", "evaluate=false", *extra,
+                         f"hydra.run.dir={tmp_path / 'command'}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads((out / "benchmark_settings.json").read_text())["style_reader"] is (name == "own")
+        widths[name] = [Image.open(f).width for f in sorted((out / "generated").rglob("*.png"))]
+    assert widths["own"] != widths["off"], "the reading of one letter for whole style lines changes the widths"
 
 
 def test_a_killed_benchmark_goes_on_without_writing_again(tiny_run, mini_set, tmp_path):

@@ -110,6 +110,23 @@ def test_heldout_lines_with_a_style_reader_report_its_reading(tiny_run: Path, tm
     assert missing.returncode == 2 and "heldout.style_reader=" in missing.stdout + missing.stderr
 
 
+def test_a_model_that_carries_a_reader_reads_its_style_lines_unless_told_not_to(tiny_run: Path, tmp_path: Path):
+    from imuru_pl.models.reader import LineReader
+
+    pipeline = ImuruPipeline.from_pretrained(tiny_run / "model")
+    pipeline.reader = LineReader.from_pretrained(reader_of_one_letter(tmp_path / "reader"))
+    model_dir = pipeline.save_pretrained(tmp_path / "with_reader")
+    reports = {}
+    for name, extra in (("own", ()), ("off", ("heldout.style_reader=false",))):
+        result = heldout(tiny_run, tmp_path, tmp_path / name, f"model_dir={model_dir}", *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        reports[name] = json.loads((tmp_path / name / "heldout" / "evaluation.json").read_text())["generated"]
+    assert reports["own"]["style_reader"] == "the model's own (reader/)" and reports["own"]["style_reader_cer"] > 0.7
+    assert "style_reader" not in reports["off"]
+    lines = [sorted((tmp_path / n / "heldout" / "generated").rglob("*.png")) for n in ("own", "off")]
+    assert any(a.read_bytes() != b.read_bytes() for a, b in zip(*lines)), "the reading changes the widths"
+
+
 def test_another_model_writes_the_same_heldout_lines_beside_the_runs_own(tiny_run: Path, tmp_path: Path):
     out = tmp_path / "compared"
     result = heldout(tiny_run, tmp_path, out, f"heldout.compare_with={tiny_run / 'model'}", "heldout.num_lines=2")

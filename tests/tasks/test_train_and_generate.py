@@ -173,3 +173,16 @@ def test_a_style_reader_gives_generation_the_style_text_it_reads(tiny_run: Path,
     assert both.returncode != 0 and "choose one" in both.stdout + both.stderr
     assert missing.returncode != 0 and "style_reader=" in missing.stdout + missing.stderr
     assert not (tmp_path / "both.png").exists() and not (tmp_path / "missing.png").exists()
+
+    from imuru_pl.models.reader import LineReader  # a model that carries the reader reads with it by itself
+
+    pipeline.reader = LineReader.from_pretrained(reader)
+    with_reader = pipeline.save_pretrained(tmp_path / "with_reader")
+    assert (with_reader / "reader" / "model.safetensors").is_file()
+    assert ImuruPipeline.from_pretrained(with_reader).reader is not None
+    for name, extra in (("own.png", ""), ("off.png", "style_reader=false")):
+        result = run_cli("task=generate", f"model_dir={with_reader}", f"style={style}", "text=hell",
+                         f"out={tmp_path / name}", f"hydra.run.dir={tmp_path / 'run'}", *([extra] if extra else []))
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert Image.open(tmp_path / "own.png").tobytes() == read.tobytes(), "the model's own reader fits the width"
+    assert Image.open(tmp_path / "off.png").tobytes() == plain.tobytes(), "style_reader=false: no reader"

@@ -3,7 +3,8 @@ test set generated and scored as the HWD protocol does.
 
 For every sample of the set (data/shtg.py): its `num_style_samples` style lines are loaded and joined, its
 text (mapped into the model's charset as the library's `simplify_text` does) is written by the model, and
-the line is saved at `<out>/generated/<dst>`; the real line `gen_id` goes to `<out>/real/<dst>` (64 px
+the line is saved at `<out>/generated/<dst>` (a model that carries a line reader, the starter, reads the style
+lines for the line's width, as it does everywhere; `style_reader=false` turns that off); the real line `gen_id` goes to `<out>/real/<dst>` (64 px
 high, gray, as targets are prepared), both folders with their `transcriptions.json`. Then both are scored by
 the evaluator (`metrics.*`) and the report's table is printed and saved (`<out>/benchmark.json`, `.md`).
 
@@ -186,9 +187,11 @@ class Writer:
             return 0
         style, widths = pad_images([lines[0] for _, _, lines in loaded])
         device = self.pipeline.device
+        reader = self.pipeline.reader
+        read = None if reader is None else reader.read_lines(style, widths)
         with torch.autocast(device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext():
             written = write_lines_detailed(self.pipeline.model, self.pipeline.vae, style, widths,
-                                           [text for _, text, _ in loaded], self.max_new_columns)
+                                           [text for _, text, _ in loaded], self.max_new_columns, read)
         for (sample, text, (_, real)), image, columns, stopped in zip(
                 loaded, written.images, written.lengths.tolist(), written.stopped.tolist()):
             save_atomically(tensor_to_image(image), self.out / "generated" / sample.dst)
@@ -233,6 +236,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics = metrics_config(cfg)
     model_dir = artefact_dir(cfg.model_dir)
     pipeline = ImuruPipeline.from_pretrained(model_dir, device=device)
+    if cfg.get("style_reader") is False:
+        pipeline.reader = None  # the widths the model plans by itself
     charset = str(cfg.get("charset") or DEFAULT_CHARSET)
     charset = PRINTABLE_ASCII if charset == "ascii" else charset
     out = Path(to_absolute_path(str(cfg.out)))
@@ -241,7 +246,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_settings(out, {"set": str(set_path), "set_sha256": hashlib.sha256(set_path.read_bytes()).hexdigest(),
                          "model_dir": str(model_dir), "num_style_samples": writer.num_styles,
                          "style_max_width": writer.style_max_width, "charset": charset,
-                         "max_new_columns": writer.max_new_columns})
+                         "max_new_columns": writer.max_new_columns, "style_reader": pipeline.reader is not None})
     done = read_ledger(out)
     pending, outside = pending_samples(samples, done, charset, writer)
     resumed = sum(s.dst in done for s in samples)

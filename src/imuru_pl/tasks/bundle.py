@@ -5,8 +5,12 @@ put a trained artefact inside the package (imuru_pl/bundled/<name>/) with the re
 It must load before anything is copied. Beside the weights goes `recipe.json`: the training run's command and
 config (from `run_dir`'s `.hydra/`), the stages before it when it trained on from a bundled VAE, the commit of
 the project it was bundled from, the evaluation reports named, and each file's size and SHA-256. The starter's
-T5 weights are stored in bfloat16 (`dtype=bf16`, half the size; they load into float32). The folder is built
-beside its place and swapped in at the end, so a failure leaves the previous artefact as it was.
+T5 weights are stored in bfloat16 (`dtype=bf16`, half the size; they load into float32). `style_reader=<dir>`
+(the starter only) puts a line reader in the model's `reader/` folder, which reads style lines for their widths
+(`ImuruPipeline.read_style`); its metrics and the command of `style_reader_run_dir` go into the recipe. Without
+`source`, the bundled artefact itself is the source and its recipe is kept, the reader or evaluations given
+added to it. The folder is built beside its place and swapped in at the end, so a failure leaves the previous
+artefact as it was.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig
 from safetensors.torch import load_file, save_file
 
-from imuru_pl.bundled import RECIPE, ROOT, bundled_dir
+from imuru_pl.bundled import RECIPE, ROOT, bundled_dir, is_bundled
 from imuru_pl.errors import UserError
-from imuru_pl.models.reference_checkpoint import load_model_dir
+from imuru_pl.models.reader import LineReader
 from imuru_pl.models.vae import LineVAE
+from imuru_pl.pipeline import READER_SUBDIR, ImuruPipeline
 from imuru_pl.tasks.common import artefact_dir
 
 log = logging.getLogger(__name__)
@@ -97,7 +102,7 @@ def _check(name: str, directory: Path) -> None:
     if name == "line_vae":
         LineVAE.from_pretrained(directory)
     else:
-        load_model_dir(directory)
+        ImuruPipeline.from_pretrained(directory)  # the model, its VAE and its reader, when it has one
 
 
 def _drop_saved_paths(directory: Path) -> None:
@@ -120,25 +125,56 @@ def _files(directory: Path) -> dict[str, dict[str, Any]]:
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != RECIPE}
 
 
+def _reader(cfg: DictConfig, name: str) -> tuple[Path | None, dict[str, Any]]:
+    """`style_reader=<dir>` checked (it loads; the starter only) and its part of the recipe."""
+    if not cfg.get("style_reader"):
+        return None, {}
+    if name != "starter":
+        raise UserError(f"style_reader= goes with name=starter (a model that plans its letters), not {name}.")
+    directory = Path(to_absolute_path(str(cfg.style_reader)))
+    LineReader.from_pretrained(directory, key="style_reader")
+    entry: dict[str, Any] = {"source": f"{directory.parent.name}/{directory.name}", "commit": _commit()}
+    if (directory / "metrics.json").is_file():
+        entry["metrics"] = json.loads((directory / "metrics.json").read_text("utf-8"))
+    if cfg.get("style_reader_run_dir"):
+        run = _run_recipe(Path(to_absolute_path(str(cfg.style_reader_run_dir))))
+        entry.update(run_dir=run["run_dir"], command=run["command"])
+    return directory, entry
+
+
+def _base(cfg: DictConfig, name: str, target: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The source directory and, when none is given, the bundled artefact itself with its recipe."""
+    if cfg.get("source"):
+        return Path(to_absolute_path(str(cfg.source))), None
+    if not (cfg.get("style_reader") or cfg.get("evaluation")) or not is_bundled(name):
+        raise UserError("task=bundle needs source=<a saved line VAE (<run>/vae) or an exported model (<run>/model)>"
+                        " (without it: style_reader= or evaluation= added to an artefact already bundled).")
+    return bundled_dir(name), json.loads((bundled_dir(name) / RECIPE).read_text("utf-8"))
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     name = str(cfg.get("name") or "")
     target = bundled_dir(name)
     if cfg.get("into"):
         target = Path(to_absolute_path(str(cfg.into))) / name
-    if not cfg.get("source"):
-        raise UserError("task=bundle needs source=<a saved line VAE (<run>/vae) or an exported model (<run>/model)>.")
-    source = Path(to_absolute_path(str(cfg.source)))
+    source, kept = _base(cfg, name, target)
     _check(name, source)  # a wrong or broken source stops here, before anything is copied
-    dtype = str(cfg.get("dtype") or "float32")
+    reader, reader_entry = _reader(cfg, name)
+    dtype = str(cfg.get("dtype") or "float32") if kept is None else str(kept.get("dtype", "float32"))
     if dtype not in ("float32", "bf16"):
         raise UserError(f"dtype is float32 or bf16, not {dtype!r}.")
-    recipe: dict[str, Any] = {"name": name, "source": source.name,
-                              "bundled": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                              "commit": _commit(), "dtype": dtype}
-    if cfg.get("run_dir"):
-        recipe.update(_run_recipe(Path(to_absolute_path(str(cfg.run_dir)))))
-        recipe["stages"] = _stages(recipe, recipe["commit"])
-    recipe["evaluation"] = _evaluations(cfg.get("evaluation"))
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    if kept is not None:  # the bundled artefact as it is: its own run, stages and evaluations stay
+        recipe = {**kept, "bundled": now}
+        recipe["evaluation"] = {**kept.get("evaluation", {}), **_evaluations(cfg.get("evaluation"))}
+    else:
+        recipe = {"name": name, "source": source.name, "bundled": now, "commit": _commit(), "dtype": dtype}
+        if cfg.get("run_dir"):
+            recipe.update(_run_recipe(Path(to_absolute_path(str(cfg.run_dir)))))
+            recipe["stages"] = _stages(recipe, recipe["commit"])
+        recipe["evaluation"] = _evaluations(cfg.get("evaluation"))
+    if reader is not None:
+        recipe["reader"] = reader_entry
     recipe = _relative(recipe, str(Path(to_absolute_path(".")).resolve()))
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +182,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns(".*", RECIPE))
+        if reader is not None:
+            shutil.rmtree(staging / READER_SUBDIR, ignore_errors=True)
+            shutil.copytree(reader, staging / READER_SUBDIR, ignore=shutil.ignore_patterns(".*", "metrics.json"))
         _drop_saved_paths(staging)
         if dtype == "bf16" and (staging / WEIGHTS).is_file():
             _to_bf16(staging / WEIGHTS)

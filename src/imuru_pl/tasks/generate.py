@@ -5,7 +5,9 @@
 a text with commas needs Hydra quoting: 'text="Hello, world"'. `text_file=<txt>` adds a file's text.
 Text longer than one line is wrapped and written as a page. `style_text="<what the style says>"`
 (optional; models with aligned letters) fits the letters' widths to the hand; `style_reader=<reader dir>`
-(a VAE stage's `vae_reader/`) reads the style image instead, so no transcription is needed.
+(a VAE stage's `vae_reader/`) reads the style image instead, so no transcription is needed. A model that
+carries its own reader (the bundled starter) reads the style image with it when neither is given;
+`style_reader=false` turns that off.
 """
 
 from __future__ import annotations
@@ -95,7 +97,9 @@ def run(cfg: DictConfig) -> dict:
                                              device=cfg.get("device", "cpu"))
     style = pipeline.load_styles(styles)  # validates every image before anything is written
     style_text = cfg.get("style_text")  # checked by the pipeline before the first line; pages are saved after all
-    if cfg.get("style_reader"):
+    if cfg.get("style_reader") is False:
+        pipeline.reader = None  # no reader at all: the widths the model plans by itself
+    elif cfg.get("style_reader"):
         style_text = read_style(style, str(cfg.style_reader), style_text)
     pages = [pipeline.write(style, text, style_text) for text in progress(texts, desc="Writing", unit="text")]
     paths = output_paths(str(cfg.out), len(pages))

@@ -10,7 +10,9 @@ wrote are left out of it (logged). The evaluation report compares generated and 
 hand (`Imuru.width_scale`); off by default, as the protocol gives the model no transcription.
 `heldout.style_reader=<reader dir>` gets those texts without a transcription: a line reader (a VAE stage's
 `vae_reader/`, trained on the training writers only) reads each style line, and the plan is fitted to what
-it reads; the report keeps the reader's CER on the style lines. `heldout.compare_with=<model dir or bundled
+it reads; the report keeps the reader's CER on the style lines. A model that carries its own reader
+(`reader/` in its directory: the bundled starter) reads with it unless told otherwise
+(`heldout.style_reader=false`: no reader; `heldout.style_text_widths=true`: the true texts). `heldout.compare_with=<model dir or bundled
 name>` has another model write the same lines from the same style lines (the demo: the bundled `starter`):
 `compared/`, a column of the grid between the run's lines and the real ones, and its own report beside
 `generated`'s.
@@ -86,12 +88,15 @@ def write_heldout_lines(cfg: DictConfig, pipeline: ImuruPipeline, datamodule, ou
     samples = spread_samples(datamodule.test_dataset, count)
     batch_size = int(cfg.data.get("eval_batch_size", 8))
     with_style_text = bool(settings.get("style_text_widths", False))  # a model without a plan refuses it
-    reader = style_reader(settings.get("style_reader"), with_style_text)
+    setting = settings.get("style_reader")
+    reader = style_reader(setting, with_style_text)
     other_model = settings.get("compare_with")
     other_pipeline = model_pipeline(other_model, pipeline.device) if other_model else None
-    own = write_samples(pipeline, samples, batch_size, with_style_text, reader)
+    own_reader = pick_reader(pipeline, reader, setting, with_style_text)
+    own = write_samples(pipeline, samples, batch_size, with_style_text, own_reader)
+    other_reader = None if other_pipeline is None else pick_reader(other_pipeline, reader, setting, with_style_text)
     compared = None if other_pipeline is None else write_samples(
-        other_pipeline, samples, batch_size, with_style_text, reader, desc=f"Held-out lines ({other_model})")
+        other_pipeline, samples, batch_size, with_style_text, other_reader, desc=f"Held-out lines ({other_model})")
 
     writers = [w.id for w in datamodule.writers("test")]
     fake, real, wrong = [], [], []
@@ -125,12 +130,11 @@ def write_heldout_lines(cfg: DictConfig, pipeline: ImuruPipeline, datamodule, ou
     if settings.get("evaluate", True):
         report = {"generated": {**evaluate_sets(fake, real, cfg.metrics), **own.geometry,
                                 "style_text_widths": with_style_text}}
-        if reader is not None:
-            report["generated"]["style_reader"] = str(settings.get("style_reader"))
-            report["generated"]["style_reader_cer"] = cer(own.read_texts, [s["style_text"] for s in samples])
+        report["generated"].update(reader_report(own_reader, reader, setting, own.read_texts, samples))
         if compared is not None:  # the same styles and texts, written by the other model
             report[COMPARED] = {**evaluate_sets(other, real, cfg.metrics), **compared.geometry,
-                                "model": str(other_model)}
+                                "model": str(other_model),
+                                **reader_report(other_reader, reader, setting, compared.read_texts, samples)}
         if wrong:  # against the real lines of the same texts only
             names = {item.name for item in wrong}
             report["wrong_writer"] = evaluate_sets(wrong, [r for r in real if r.name in names], cfg.metrics)
@@ -180,6 +184,24 @@ def style_reader(directory, with_style_text: bool) -> LineReader | None:
         raise UserError("heldout.style_text_widths=true and heldout.style_reader both give the style lines' "
                         "texts; choose one.")
     return LineReader.from_pretrained(to_absolute_path(str(directory)), key="heldout.style_reader")
+
+
+def pick_reader(pipeline: ImuruPipeline, configured: LineReader | None, setting, with_style_text: bool
+                ) -> LineReader | None:
+    """The reader a model's held-out lines are written with: `heldout.style_reader`'s, else the model's own
+    (none with `heldout.style_reader=false` or the true style texts)."""
+    if configured is not None:
+        return configured
+    return None if setting is False or with_style_text else pipeline.reader
+
+
+def reader_report(used: LineReader | None, configured: LineReader | None, setting, read_texts: list[str],
+                  samples: list[dict]) -> dict:
+    """Which reader read the style lines, and its CER on them (nothing without one)."""
+    if used is None:
+        return {}
+    name = str(setting) if used is configured else "the model's own (reader/)"
+    return {"style_reader": name, "style_reader_cer": cer(read_texts, [s["style_text"] for s in samples])}
 
 
 def _headline(report: dict) -> dict:
