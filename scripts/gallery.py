@@ -128,9 +128,9 @@ def write_samples(model_dir: Path, samples: list[dict], max_new_columns: int, de
     generated = []
     for start in progress(range(0, len(samples), BATCH), desc="Generating", unit="batch"):
         batch = collate_lines(samples[start : start + BATCH])
-        read = None if pipeline.reader is None else pipeline.reader.read_lines(batch.style, batch.style_widths)
         generated += write_lines(pipeline.model, pipeline.vae, batch.style, batch.style_widths, batch.texts,
-                                 min(max_new_columns, pipeline.model.max_new_columns), style_texts=read)
+                                 min(max_new_columns, pipeline.model.max_new_columns),
+                                 pipeline.read_styles(batch.style, batch.style_widths))
     print(f"Wrote {len(samples)} lines in {time.time() - started:.1f} s with {model_dir}")
     return generated
 

@@ -89,15 +89,25 @@ class ImuruPipeline:
         style_texts = None if style_text is None else [self.check_style_text(style_text)] * len(texts)
         return write_lines(self.model, self.vae, images, widths, texts, max_new_columns, style_texts)
 
-    def read_style(self, style: Tensor) -> str | None:
-        """What the model's own reader reads in a loaded style (C, 64, w): the style text it writes the line's
-        width from. None without a reader, or when it reads nothing."""
+    def read_styles(self, styles: Tensor, widths: Tensor) -> list[str] | None:
+        """What the pipeline's reader reads in a batch of style lines (B, C, 64, W) of `widths` px: the style
+        texts the lines' widths are fitted to. None without a reader."""
         if self.reader is None:
             return None
-        read = " ".join(self.reader.read_lines(style[None].to(self.device), torch.tensor([style.shape[-1]]))[0].split())
-        if read:
-            log.info("The model's reader reads the style image as %r; the line's width is fitted to that.", read)
-        return read or None
+        return self.reader.read_lines(styles.to(self.device), widths)
+
+    def read_style(self, style: Tensor) -> str | None:
+        """`read_styles` for one loaded style (C, 64, w), logged; None without a reader or when it reads
+        nothing (the plan is then left as it is)."""
+        read = self.read_styles(style[None], torch.tensor([style.shape[-1]]))
+        if read is None:
+            return None
+        text = " ".join(read[0].split())
+        if text:
+            log.info("The reader reads the style image as %r; the line's width is fitted to that.", text)
+        else:
+            log.warning("The reader reads nothing in the style image; the letters' widths are not fitted to it.")
+        return text or None
 
     def check_style_text(self, style_text: str) -> str:
         """The style image's text as the model takes it: one line (a model without a letter plan refuses it

@@ -187,8 +187,7 @@ class Writer:
             return 0
         style, widths = pad_images([lines[0] for _, _, lines in loaded])
         device = self.pipeline.device
-        reader = self.pipeline.reader
-        read = None if reader is None else reader.read_lines(style, widths)
+        read = self.pipeline.read_styles(style, widths)  # None unless the model carries a reader
         with torch.autocast(device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext():
             written = write_lines_detailed(self.pipeline.model, self.pipeline.vae, style, widths,
                                            [text for _, text, _ in loaded], self.max_new_columns, read)

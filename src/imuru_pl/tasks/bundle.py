@@ -36,6 +36,7 @@ from imuru_pl.models.reader import LineReader
 from imuru_pl.models.vae import LineVAE
 from imuru_pl.pipeline import READER_SUBDIR, ImuruPipeline
 from imuru_pl.tasks.common import artefact_dir
+from imuru_pl.tasks.train_reader import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +135,15 @@ def _reader(cfg: DictConfig, name: str) -> tuple[Path | None, dict[str, Any]]:
     directory = Path(to_absolute_path(str(cfg.style_reader)))
     LineReader.from_pretrained(directory, key="style_reader")
     entry: dict[str, Any] = {"source": f"{directory.parent.name}/{directory.name}", "commit": _commit()}
-    if (directory / "metrics.json").is_file():
-        entry["metrics"] = json.loads((directory / "metrics.json").read_text("utf-8"))
+    if (directory / METRICS_FILE).is_file():
+        entry["metrics"] = json.loads((directory / METRICS_FILE).read_text("utf-8"))
     if cfg.get("style_reader_run_dir"):
         run = _run_recipe(Path(to_absolute_path(str(cfg.style_reader_run_dir))))
         entry.update(run_dir=run["run_dir"], command=run["command"])
     return directory, entry
 
 
-def _base(cfg: DictConfig, name: str, target: Path) -> tuple[Path, dict[str, Any] | None]:
+def _base(cfg: DictConfig, name: str) -> tuple[Path, dict[str, Any] | None]:
     """The source directory and, when none is given, the bundled artefact itself with its recipe."""
     if cfg.get("source"):
         return Path(to_absolute_path(str(cfg.source))), None
@@ -157,7 +158,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     target = bundled_dir(name)
     if cfg.get("into"):
         target = Path(to_absolute_path(str(cfg.into))) / name
-    source, kept = _base(cfg, name, target)
+    source, kept = _base(cfg, name)
     _check(name, source)  # a wrong or broken source stops here, before anything is copied
     reader, reader_entry = _reader(cfg, name)
     dtype = str(cfg.get("dtype") or "float32") if kept is None else str(kept.get("dtype", "float32"))
@@ -184,7 +185,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns(".*", RECIPE))
         if reader is not None:
             shutil.rmtree(staging / READER_SUBDIR, ignore_errors=True)
-            shutil.copytree(reader, staging / READER_SUBDIR, ignore=shutil.ignore_patterns(".*", "metrics.json"))
+            shutil.copytree(reader, staging / READER_SUBDIR, ignore=shutil.ignore_patterns(".*", METRICS_FILE))
         _drop_saved_paths(staging)
         if dtype == "bf16" and (staging / WEIGHTS).is_file():
             _to_bf16(staging / WEIGHTS)

@@ -17,7 +17,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig
 
@@ -67,19 +66,6 @@ def output_paths(out: str, count: int) -> list[Path]:
     return [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(count)]
 
 
-def read_style(style, reader_dir: str, style_text: str | None) -> str | None:
-    """What a line reader reads in the loaded style (C, 64, w), as the style text; None when it reads nothing."""
-    if style_text is not None:
-        raise UserError("style_text and style_reader both give what the style image says; choose one.")
-    reader = LineReader.from_pretrained(to_absolute_path(reader_dir), key="style_reader")
-    read = " ".join(reader.read_lines(style[None], torch.tensor([style.shape[-1]]))[0].split())
-    if not read:
-        log.warning("The style reader reads nothing in the style image; the letters' widths are not fitted to it.")
-        return None
-    log.info("The style reader reads the style image as %r; the letters' widths are fitted to that.", read)
-    return read
-
-
 def run(cfg: DictConfig) -> dict:
     model_dir = str(cfg.get("model_dir") or "starter")  # the bundled starter model when none is named
     if not cfg.get("model_dir") and not is_bundled("starter"):
@@ -100,7 +86,11 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("style_reader") is False:
         pipeline.reader = None  # no reader at all: the widths the model plans by itself
     elif cfg.get("style_reader"):
-        style_text = read_style(style, str(cfg.style_reader), style_text)
+        if style_text is not None:
+            raise UserError("style_text and style_reader both give what the style image says; choose one.")
+        pipeline.reader = LineReader.from_pretrained(to_absolute_path(str(cfg.style_reader)), key="style_reader")
+    if style_text is None:
+        style_text = pipeline.read_style(style)  # the reader's reading, once for every text (None without one)
     pages = [pipeline.write(style, text, style_text) for text in progress(texts, desc="Writing", unit="text")]
     paths = output_paths(str(cfg.out), len(pages))
     for page, path in zip(pages, paths):
