@@ -87,6 +87,9 @@ def test_the_starter_is_bundled_and_loads_by_name():
     assert recipe["config"]["vae"]["pretrained"] == "line_vae"  # trained over the bundled VAE
     pipeline = ImuruPipeline.from_pretrained("starter")
     assert pipeline.model.letters is not None and pipeline.vae.stop_threshold is not None  # its own copy of the VAE
+    shipped = json.loads((bundled_dir("line_vae") / RECIPE).read_text("utf-8"))["files"]
+    assert {f"vae/{name}": entry for name, entry in shipped.items()} == {  # the VAE the package ships
+        name: entry for name, entry in recipe["files"].items() if name.startswith("vae/")}
 
 
 def test_the_starter_reads_a_style_line_for_its_width():
@@ -211,6 +214,28 @@ def test_a_reader_is_added_to_the_bundled_starter_with_its_recipe_kept(tmp_path:
     assert ImuruPipeline.from_pretrained(tmp_path / "starter").reader.hidden == 32
     cfg = compose_cfg(["task=bundle", "name=line_vae", f"style_reader={reader}", f"into={tmp_path}"], tmp_path / "run")
     with pytest.raises(UserError, match="style_reader= goes with name=starter"):
+        bundle.run(cfg)
+    assert not (tmp_path / "line_vae").exists()
+
+
+def test_a_later_vae_stage_goes_under_the_bundled_starter_and_the_model_keeps_its_constants(tmp_path: Path):
+    later = LineVAE.from_pretrained("line_vae")
+    later.stop_threshold = 0.5  # told apart from the starter's own copy by its constants
+    later.save_pretrained(tmp_path / "lf" / "vae")
+    cfg = compose_cfg(["task=bundle", "name=starter", f"line_vae={tmp_path / 'lf' / 'vae'}", f"into={tmp_path}"],
+                      tmp_path / "run")
+    bundle.run(cfg)
+    kept = json.loads((bundled_dir("starter") / RECIPE).read_text("utf-8"))
+    recipe = _recipe_matches_its_files_in(tmp_path / "starter")
+    assert recipe["stages"] == kept["stages"] and recipe["evaluation"] == kept["evaluation"]
+    assert recipe["vae"]["source"] == "lf/vae" and "stages" not in recipe["vae"]  # a run directory has no recipe
+    assert recipe["files"]["model.safetensors"] == kept["files"]["model.safetensors"]
+    before, after = ImuruPipeline.from_pretrained("starter"), ImuruPipeline.from_pretrained(tmp_path / "starter")
+    assert after.vae.stop_threshold == 0.5 and after.model.stop_threshold == before.model.stop_threshold
+    assert torch.equal(after.model.latent_std, before.model.latent_std)
+    assert torch.equal(after.model.padding_latent, before.model.padding_latent)
+    cfg = compose_cfg(["task=bundle", "name=line_vae", "line_vae=line_vae", f"into={tmp_path}"], tmp_path / "run")
+    with pytest.raises(UserError, match="line_vae= goes with name=starter"):
         bundle.run(cfg)
     assert not (tmp_path / "line_vae").exists()
 

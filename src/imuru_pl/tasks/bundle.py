@@ -7,9 +7,12 @@ config (from `run_dir`'s `.hydra/`), the stages before it when it trained on fro
 the project it was bundled from, the evaluation reports named, and each file's size and SHA-256. The starter's
 T5 weights are stored in bfloat16 (`dtype=bf16`, half the size; they load into float32). `style_reader=<dir>`
 (the starter only) puts a line reader in the model's `reader/` folder, which reads style lines for their widths
-(`ImuruPipeline.read_style`); its metrics and the command of `style_reader_run_dir` go into the recipe. Without
-`source`, the bundled artefact itself is the source and its recipe is kept, the reader or evaluations given
-added to it. The folder is built beside its place and swapped in at the end, so a failure leaves the previous
+(`ImuruPipeline.read_style`); its metrics and the command of `style_reader_run_dir` go into the recipe.
+`line_vae=<dir>` (the starter only) puts a later stage of the model's own VAE (one trained on from it with
+`vae.init_from`) in the model's `vae/` folder: the model keeps the latent statistics and stop constants it was
+trained with, and the better encoder and decoder draw its columns (docs/legibility.md measures both choices).
+Without `source`, the bundled artefact itself is the source and its recipe is kept, the reader, VAE or
+evaluations given added to it. The folder is built beside its place and swapped in at the end, so a failure leaves the previous
 artefact as it was.
 """
 
@@ -34,7 +37,7 @@ from imuru_pl.bundled import RECIPE, ROOT, bundled_dir, is_bundled
 from imuru_pl.errors import UserError
 from imuru_pl.models.reader import LineReader
 from imuru_pl.models.vae import LineVAE
-from imuru_pl.pipeline import READER_SUBDIR, ImuruPipeline
+from imuru_pl.pipeline import READER_SUBDIR, VAE_SUBDIR, ImuruPipeline
 from imuru_pl.tasks.common import artefact_dir
 from imuru_pl.tasks.train_reader import METRICS_FILE
 
@@ -143,13 +146,28 @@ def _reader(cfg: DictConfig, name: str) -> tuple[Path | None, dict[str, Any]]:
     return directory, entry
 
 
+def _vae(cfg: DictConfig, name: str) -> tuple[Path | None, dict[str, Any]]:
+    """`line_vae=<dir>` checked (it loads with its constants; the starter only) and its part of the recipe."""
+    if not cfg.get("line_vae"):
+        return None, {}
+    if name != "starter":
+        raise UserError(f"line_vae= goes with name=starter (a model over a VAE), not {name}.")
+    directory = artefact_dir(cfg.line_vae)
+    LineVAE.from_pretrained(directory)
+    entry: dict[str, Any] = {"source": f"{directory.parent.name}/{directory.name}", "commit": _commit(),
+                             "kept": "the model's latent statistics and stop constants (those it was trained with)"}
+    if (directory / RECIPE).is_file():  # a bundled VAE: the commands that made it
+        entry["stages"] = json.loads((directory / RECIPE).read_text("utf-8")).get("stages", [])
+    return directory, entry
+
+
 def _base(cfg: DictConfig, name: str) -> tuple[Path, dict[str, Any] | None]:
     """The source directory and, when none is given, the bundled artefact itself with its recipe."""
     if cfg.get("source"):
         return Path(to_absolute_path(str(cfg.source))), None
-    if not (cfg.get("style_reader") or cfg.get("evaluation")) or not is_bundled(name):
+    if not (cfg.get("style_reader") or cfg.get("line_vae") or cfg.get("evaluation")) or not is_bundled(name):
         raise UserError("task=bundle needs source=<a saved line VAE (<run>/vae) or an exported model (<run>/model)>"
-                        " (without it: style_reader= or evaluation= added to an artefact already bundled).")
+                        " (without it: style_reader=, line_vae= or evaluation= added to an artefact already bundled).")
     return bundled_dir(name), json.loads((bundled_dir(name) / RECIPE).read_text("utf-8"))
 
 
@@ -161,6 +179,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     source, kept = _base(cfg, name)
     _check(name, source)  # a wrong or broken source stops here, before anything is copied
     reader, reader_entry = _reader(cfg, name)
+    vae, vae_entry = _vae(cfg, name)
     dtype = str(cfg.get("dtype") or "float32") if kept is None else str(kept.get("dtype", "float32"))
     if dtype not in ("float32", "bf16"):
         raise UserError(f"dtype is float32 or bf16, not {dtype!r}.")
@@ -176,6 +195,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         recipe["evaluation"] = _evaluations(cfg.get("evaluation"))
     if reader is not None:
         recipe["reader"] = reader_entry
+    if vae is not None:
+        recipe["vae"] = vae_entry
     recipe = _relative(recipe, str(Path(to_absolute_path(".")).resolve()))
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +207,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if reader is not None:
             shutil.rmtree(staging / READER_SUBDIR, ignore_errors=True)
             shutil.copytree(reader, staging / READER_SUBDIR, ignore=shutil.ignore_patterns(".*", METRICS_FILE))
+        if vae is not None:
+            shutil.rmtree(staging / VAE_SUBDIR, ignore_errors=True)
+            shutil.copytree(vae, staging / VAE_SUBDIR, ignore=shutil.ignore_patterns(".*", RECIPE))
         _drop_saved_paths(staging)
         if dtype == "bf16" and (staging / WEIGHTS).is_file():
             _to_bf16(staging / WEIGHTS)
