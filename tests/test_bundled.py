@@ -84,7 +84,7 @@ def _recipe_matches_its_files_in(directory: Path) -> dict:
 def test_the_starter_is_bundled_and_loads_by_name():
     assert is_bundled("starter"), "imuru_pl/bundled/starter is missing: re-create it (docs/legibility.md)"
     recipe = _recipe_matches_its_files("starter")
-    assert recipe["config"]["vae"]["pretrained"] == "line_vae"  # trained over the bundled VAE
+    assert recipe["config"]["vae"]["pretrained"] == "line_vae"  # trained over the bundled VAE (its first stage)
     pipeline = ImuruPipeline.from_pretrained("starter")
     assert pipeline.model.letters is not None and pipeline.vae.stop_threshold is not None  # its own copy of the VAE
     shipped = json.loads((bundled_dir("line_vae") / RECIPE).read_text("utf-8"))["files"]

@@ -12,8 +12,8 @@ T5 weights are stored in bfloat16 (`dtype=bf16`, half the size; they load into f
 `vae.init_from`) in the model's `vae/` folder: the model keeps the latent statistics and stop constants it was
 trained with, and the better encoder and decoder draw its columns (docs/legibility.md measures both choices).
 Without `source`, the bundled artefact itself is the source and its recipe is kept, the reader, VAE or
-evaluations given added to it. The folder is built beside its place and swapped in at the end, so a failure leaves the previous
-artefact as it was.
+evaluations given added to it. The folder is built beside its place and swapped in at the end, so a failure
+leaves the previous artefact as it was.
 """
 
 from __future__ import annotations
