@@ -69,7 +69,10 @@ def compose_cfg(overrides: list[str], output_dir: str):
 
     os.environ.setdefault("IMURU_PL_ROOT", str(ROOT))
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("run", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+        cfg = compose("run", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+    from imuru_pl.precision import resolve_auto
+
+    return resolve_auto(cfg)  # trainer.precision=auto, model.attention=auto as run.py resolves them
 
 
 def frozen_vae(cfg):

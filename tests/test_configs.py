@@ -14,6 +14,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
+from imuru_pl.precision import resolve_auto
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 # Small enough to build in a second; applied to whichever of these keys the experiment's data config has.
@@ -72,6 +74,8 @@ def test_experiment_composes_and_its_data_and_trainer_build(name, tmp_path, requ
         if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
             # the config is checked as written apart from the hardware this machine lacks
             cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision = "cpu", 1, "32"
+    resolve_auto(cfg)  # trainer.precision=auto and model.attention=auto, as run_task resolves them
+    assert cfg.model.attention in ("sdpa", "eager") and str(cfg.trainer.precision) in ("32", "bf16-mixed", "16-mixed")
     datamodule = instantiate(cfg.data)
     assert datamodule.writers("val") and datamodule.writers("test")
     assert datamodule.writers("train") or "urls" in cfg.data, "only shards name no training writers up front"

@@ -1,13 +1,16 @@
 """The training speed switches: the T5's attention implementation (`model.attention`) and bfloat16 mixed
-precision (`trainer.precision=bf16-mixed`), under which the frozen VAE still encodes in float32."""
+precision (`trainer.precision=bf16-mixed`), under which the frozen VAE still encodes in float32, and `auto` for
+both, which picks them by the CPU (imuru_pl/precision.py)."""
 
 import lightning as L
 import pytest
 import torch
+from cli_helpers import compose_cfg
 from test_imuru_model import padded_batch, tiny_model
 from test_imuru_module import batch, module, samples
 from torch.utils.data import DataLoader
 
+from imuru_pl import precision
 from imuru_pl.data.batch import collate_lines
 from imuru_pl.errors import UserError
 from imuru_pl.models.imuru import Imuru
@@ -84,3 +87,29 @@ def test_bfloat16_autocast_keeps_the_loss_and_the_gradient_direction():
     assert abs(mixed_loss - loss) < 0.01 * loss
     assert float(torch.nn.functional.cosine_similarity(full, mixed, dim=0)) > 0.99
     assert not torch.equal(full, mixed), "the products must really have run in bfloat16"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_and_attention_follow_the_cpu(monkeypatch, tmp_path, native):
+    """The demo's `auto`: bf16-mixed with eager attention where the CPU has native bfloat16 kernels, float32 with
+    sdpa where a bf16 step would run ~20x slower; a stage's own precision and explicit values are kept."""
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    cfg = precision.resolve_auto(compose_cfg(["experiment=demo"], tmp_path))
+    assert cfg.trainer.precision == ("bf16-mixed" if native else "32")
+    assert cfg.model.attention == ("eager" if native else "sdpa")
+    assert str(cfg.vae.trainer.precision) == "32"
+    assert precision.resolve_auto(cfg) == cfg  # idempotent
+    explicit = precision.resolve_auto(compose_cfg(["experiment=demo", "trainer.precision=bf16-mixed",
+                                                   "model.attention=sdpa"], tmp_path))
+    assert (explicit.trainer.precision, explicit.model.attention) == ("bf16-mixed", "sdpa")
+    assert precision.training_precision("auto", "gpu") == "bf16-mixed"
+    assert precision.attention_for("bf16-mixed", "gpu") == "sdpa"
+
+
+def test_bf16_on_a_cpu_without_native_kernels_warns_once(monkeypatch, caplog):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "_warned", set())
+    with caplog.at_level("WARNING", logger=precision.__name__):
+        assert precision.training_precision("bf16-mixed", "cpu") == "bf16-mixed"
+        precision.training_precision("bf16-mixed", "cpu")
+    assert [r.message.count("about 20x slower than float32") for r in caplog.records] == [1]

@@ -21,6 +21,7 @@ from imuru_pl.models.reference_checkpoint import load_model_dir
 from imuru_pl.models.schedules import check_optim_config
 from imuru_pl.models.vae import LineVAE
 from imuru_pl.pipeline import ImuruPipeline
+from imuru_pl.precision import resolve_auto
 from imuru_pl.tasks.common import artefact_dir, build_trainer, output_dir
 from imuru_pl.tasks.duration_fit import check_aligned, fit_settings, refit_durations
 from imuru_pl.tasks.heldout import model_pipeline, style_reader, write_heldout_lines
@@ -34,7 +35,7 @@ EXPORT_SUBDIR = "model"
 
 def build_module(cfg: DictConfig, vae: LineVAE, model: Imuru | None = None, datamodule=None) -> ImuruModule:
     """The LightningModule; the latent cache is on when the data module keeps it on (fixed lines only)."""
-    model = model if model is not None else instantiate(cfg.model, _convert_="all")
+    model = model if model is not None else instantiate(resolve_auto(cfg).model, _convert_="all")
     model.use_vae_stats(vae)  # latent normalisation, padding latent and stop threshold
     cache = getattr(datamodule, "latent_cache", None) if datamodule is not None else None
     cache = bool(cfg.data.get("latent_cache", False)) if cache is None else bool(cache)
