@@ -5,8 +5,8 @@ bfloat16 autocast makes a CPU training step cheaper only where the CPU has nativ
 (AVX2 only) PyTorch falls back to a plain loop and the same step costs about 20x float32 (docs/benchmarks.md),
 so `auto` is bf16-mixed on a GPU and on such a CPU, 32 on any other. Eager attention is the faster T5
 attention under CPU bf16, sdpa in float32 and on a GPU, and `model.attention=auto` follows the precision.
-Both are resolved in the config before anything is built, so logs, hparams and exported configs show the
-choice made.
+Both are resolved in the config when a training task starts (`train`, `train_vae`), before anything is built,
+so logs, hparams and exported configs show the choice made.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def resolve_auto(cfg: DictConfig) -> DictConfig:
     accelerator = str(trainer.get("accelerator", "cpu"))
     with open_dict(cfg):
         trainer.precision = training_precision(str(trainer.precision), accelerator)
-        stage = (cfg.get("vae") or {}).get("trainer") if isinstance(cfg.get("vae"), DictConfig) else None
+        vae = cfg.get("vae")
+        stage = vae.get("trainer") if isinstance(vae, DictConfig) else None
         if isinstance(stage, DictConfig) and "precision" in stage:
             stage.precision = training_precision(str(stage.precision), str(stage.get("accelerator", accelerator)))
         model = cfg.get("model")

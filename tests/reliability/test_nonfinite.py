@@ -18,6 +18,7 @@ from imuru_pl.callbacks.distributed import weight_checksums
 from imuru_pl.errors import UserError
 from imuru_pl.models.imuru_module import ImuruModule
 from imuru_pl.models.vae import LineVAE
+from imuru_pl.precision import resolve_auto
 from imuru_pl.tasks.train import build_module
 
 ANY_RANK = -1
@@ -59,7 +60,7 @@ class RecordWeights(L.Callback):
 
 
 def tiny_parts(tmp_path, vae_dir, bad: set[tuple[int, int]]):
-    cfg = compose_cfg([*TINY, "optim.lr=1e-2", "optim.warmup_steps=0"], tmp_path)
+    cfg = resolve_auto(compose_cfg([*TINY, "optim.lr=1e-2", "optim.warmup_steps=0"], tmp_path))  # as train.run
     L.seed_everything(0)
     module = build_module(cfg, LineVAE.from_pretrained(vae_dir))
     module.__class__ = InjectNaN

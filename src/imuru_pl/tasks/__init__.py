@@ -8,7 +8,6 @@ from omegaconf import DictConfig
 
 from imuru_pl import console
 from imuru_pl.errors import UserError
-from imuru_pl.precision import resolve_auto
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,6 @@ def run_task(cfg: DictConfig):
             _check_sweep_strategy(cfg)
         if name in TRAINING_TASKS:
             _check_accelerator(cfg)
-            resolve_auto(cfg)  # trainer.precision=auto, model.attention=auto: what this machine runs fastest
         module = importlib.import_module(TASKS[name])
         with console.task(cfg):  # the config tree first, the output directory last
             return module.run(cfg)

@@ -12,7 +12,6 @@ from omegaconf.errors import ConfigKeyError
 
 from imuru_pl.bundled import resolve
 from imuru_pl.errors import UserError
-from imuru_pl.precision import training_precision
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +37,8 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 def build_trainer(cfg: DictConfig, overrides: dict | None = None, callbacks: list | None = None,
                   logger: bool = True) -> L.Trainer:
-    """The Trainer of `cfg.trainer`, with `overrides` merged on top, plus the configured callbacks/loggers;
-    `precision: auto` is resolved for the machine (imuru_pl/precision.py)."""
+    """The Trainer of `cfg.trainer`, with `overrides` merged on top, plus the configured callbacks/loggers."""
     trainer_cfg = OmegaConf.merge(cfg.trainer, overrides or {})
-    if "precision" in trainer_cfg:
-        trainer_cfg.precision = training_precision(str(trainer_cfg.precision), str(trainer_cfg.get("accelerator", "cpu")))
     loggers = instantiate_group(cfg.get("logger")) if logger else []
     return instantiate(trainer_cfg, callbacks=instantiate_group(cfg.get("callbacks")) + (callbacks or []),
                        logger=loggers or False)

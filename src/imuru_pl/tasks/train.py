@@ -35,7 +35,7 @@ EXPORT_SUBDIR = "model"
 
 def build_module(cfg: DictConfig, vae: LineVAE, model: Imuru | None = None, datamodule=None) -> ImuruModule:
     """The LightningModule; the latent cache is on when the data module keeps it on (fixed lines only)."""
-    model = model if model is not None else instantiate(resolve_auto(cfg).model, _convert_="all")
+    model = model if model is not None else instantiate(cfg.model, _convert_="all")
     model.use_vae_stats(vae)  # latent normalisation, padding latent and stop threshold
     cache = getattr(datamodule, "latent_cache", None) if datamodule is not None else None
     cache = bool(cfg.data.get("latent_cache", False)) if cache is None else bool(cache)
@@ -68,6 +68,7 @@ def init_dir(cfg: DictConfig) -> Path | None:
 
 def run(cfg: DictConfig) -> dict:
     started = time.time()
+    resolve_auto(cfg)  # trainer.precision=auto, model.attention=auto: what this machine trains fastest
     L.seed_everything(cfg.seed, workers=True)
     out = output_dir(cfg)
     precheck_ckpt_path(cfg.get("ckpt_path"))  # a wrong path fails now, not after the VAE has trained

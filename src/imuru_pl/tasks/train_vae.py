@@ -25,6 +25,7 @@ from imuru_pl.metrics.reconstruction import reconstruction_cer
 from imuru_pl.models.reader import LineReader
 from imuru_pl.models.vae import CONSTANTS_FILE, LineVAE
 from imuru_pl.models.vae_module import ReconstructionGrid, VAEModule, masked_image_errors, start_white
+from imuru_pl.precision import resolve_auto
 from imuru_pl.tasks.common import stage_data_config
 from imuru_pl.tasks.train_reader import ensure_vae_reader
 
@@ -253,6 +254,7 @@ def ensure_vae(cfg: DictConfig, output_dir: Path) -> Path:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Task `train_vae`: train, measure and save a line VAE in `<output_dir>/vae`; return its figures."""
+    resolve_auto(cfg)  # trainer.precision=auto (and vae.trainer's): what this machine trains fastest
     if cfg.vae.get("pretrained"):  # the demo's recipes name the bundled VAE for task=train; this task trains one
         log.info("task=train_vae trains a line VAE: vae.pretrained=%s (what task=train uses) is left out.",
                  cfg.vae.pretrained)
